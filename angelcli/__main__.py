@@ -1,0 +1,3 @@
+from angelcli.cli import main
+
+main()

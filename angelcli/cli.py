@@ -1,0 +1,99 @@
+"""The `angel` command: a thin typer app that dispatches to angelcli.commands.<verb>.
+
+Every verb lives in its own module under angelcli/commands/ and imports only typer at module level; the
+library code it calls (torch, transformers, triton) is imported inside the command body. So building this
+app for `angel --help` never imports torch (tests/test_cli.py checks it).
+
+main() turns AngelError into one line on stderr plus its exit code (angelcli/errors.py), Ctrl-C into 130,
+and any unexpected exception into one line (the traceback only with ANGEL_DEBUG=1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from angelcli.errors import EXIT_INTERRUPTED, AngelError
+
+# (verb, "module:function"). A verb module is imported when the app is built; keep those imports light.
+COMMANDS: list[tuple[str, str]] = [
+    ("generate", "angelcli.commands.generate:generate"),
+    ("chat", "angelcli.commands.chat:chat"),
+]
+
+app = typer.Typer(
+    name="angel",
+    help="angel: pull, quantize, verify, draft and chat with AntAngelMed (BailingMoeV2).\n\n"
+    "Every MODEL argument takes a local path, a name in the local store or an alias "
+    "(default: the embedded angel-tiny).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from angelcli import __version__
+
+        typer.echo(f"angel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """angel: AntAngelMed toolkit."""
+
+
+def _register() -> None:
+    for verb, target in COMMANDS:
+        module_name, func_name = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name == module_name:
+                continue  # verb not built yet in this tree
+            raise
+        app.command(verb)(getattr(module, func_name))
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script; exits with angel's documented codes."""
+    import click
+
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        rv = app(args=args, prog_name="angel", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as err:
+        code = err.exit_code
+    except click.exceptions.Abort:
+        code = EXIT_INTERRUPTED
+    except click.ClickException as err:
+        err.show()
+        code = err.exit_code
+    except AngelError as err:
+        print(f"angel: error: {err}", file=sys.stderr)
+        code = err.exit_code
+    except KeyboardInterrupt:
+        print("angel: interrupted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except BrokenPipeError:
+        code = 0
+    except Exception as err:  # noqa: BLE001 - last resort: one line, never a traceback by default
+        if os.environ.get("ANGEL_DEBUG"):
+            raise
+        print(f"angel: internal error: {type(err).__name__}: {err} (ANGEL_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.exit(code)
