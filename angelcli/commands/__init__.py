@@ -1,0 +1,1 @@
+"""One module per `angel` verb. Module level imports typer and the standard library only."""

@@ -1,0 +1,85 @@
+"""`angel generate`: scriptable, tokenizer-aware generation with JSON output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def generate(
+    model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL", help="Path, store name or alias (default: angel-tiny)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="User message (chat template applied)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    messages: Optional[Path] = typer.Option(None, "--messages", help="JSON file with an OpenAI-style list of messages."),
+    input_ids: Optional[str] = typer.Option(None, "--input-ids", help="Comma-separated token ids (no tokenizer needed)."),
+    raw: bool = typer.Option(False, "--raw", help="Use --prompt as-is, without the chat template."),
+    batch: Optional[Path] = typer.Option(None, "--batch", help="JSONL file, one request per line; one JSON result per line."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "-n", envvar="ANGEL_MAX_NEW_TOKENS"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k", help="0 = off."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    logprobs: int = typer.Option(0, "--logprobs", help="Report the top K logprobs per generated token."),
+    dtype: str = typer.Option("auto", "--dtype", envvar="ANGEL_DTYPE", help="auto|float32|bfloat16|float16."),
+    device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE", help="auto|cpu|cuda|cuda:N."),
+    backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND", help="auto|torch|triton."),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Context length to allocate."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON result (always on with --batch)."),
+) -> None:
+    """Generate a reply to a prompt, messages, token ids or a batch file.
+
+    Examples:
+      angel generate --prompt "What are common symptoms of type 2 diabetes?"
+      angel generate antangelmed --messages chat.json --json
+      angel generate --input-ids 12,7,99 --max-new-tokens 8 --json
+      angel generate --batch requests.jsonl > results.jsonl
+    """
+    import sys
+    from dataclasses import replace
+
+    from angelcli.console import emit_json, log, progress
+    from angelcli.engine.sampling import SamplingParams
+    from angelcli.errors import UsageError
+    from angelcli.generate import GenRequest, parse_input_ids, read_batch_file, read_messages_file, run_request
+    from angelcli.runtime import open_runtime
+
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                            seed=seed, logprobs=logprobs)
+    if batch is not None:
+        if any(x is not None for x in (prompt, messages, input_ids)):
+            raise UsageError("--batch cannot be combined with --prompt, --messages or --input-ids")
+        jobs = read_batch_file(batch)
+    else:
+        req = GenRequest(prompt=prompt, system=system, raw=raw,
+                         messages=read_messages_file(messages) if messages else None,
+                         input_ids=parse_input_ids(input_ids) if input_ids else None)
+        if req.prompt is None and req.messages is None and req.input_ids is None:
+            raise UsageError("nothing to generate from: give --prompt, --messages, --input-ids or --batch")
+        req.validate("arguments")
+        jobs = [(req, {})]
+    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len)
+    if batch is not None:
+        with progress("generate", total=len(jobs), unit="requests") as bar:
+            for n, (req, over) in enumerate(jobs):
+                rid = over.pop("id", n)
+                if req.system is None:
+                    req.system = system
+                result = run_request(rt, req, replace(params, **over))
+                emit_json({"id": rid, **result})
+                bar.advance(1)
+        return
+    req = jobs[0][0]
+    stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    result = run_request(rt, req, params, on_text=stream)
+    if json_out:
+        emit_json(result)
+        return
+    if result["text"] is None:
+        sys.stdout.write(",".join(map(str, result["ids"])))
+    sys.stdout.write("\n")
+    st = result["stats"]
+    log(f"[{st['prompt_tokens']} prompt tokens, {st['generated_tokens']} generated, "
+        f"first token {st['time_to_first_token'] * 1000:.0f} ms, {st['decode_tokens_per_s']:.1f} tok/s, "
+        f"finish: {result['finish_reason']}]")

@@ -1,0 +1,147 @@
+"""Building blocks of the BailingMoeV2 torch backend: RMSNorm, rotary tables (with YaRN), attention, MLP.
+
+Numerics follow the HF reference (spec bailing-moe-v2.md §3 and §7) to the letter, because angel's torch
+backend is the oracle every fast path is checked against:
+  * RMSNorm normalises in fp32, casts back to the input dtype and only then multiplies by the weight.
+  * cos/sin are computed in fp32, scaled by the YaRN attention factor, then cast to the activation dtype;
+    the rotation itself runs in the activation dtype.
+  * Attention is the eager formulation: scores in the activation dtype, softmax in fp32, cast back.
+Shapes legend: B batch, T new tokens, S cached + new tokens, H hidden, Hq / Hkv heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from angelcli.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)  # cast first, then scale (Llama-style, as upstream)
+
+
+def yarn_inv_freq(cfg: ModelConfig) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [rotary_dim/2] (fp32) and the cos/sin scale, with YaRN when configured.
+
+    YaRN (vLLM semantics, spec §3): dims rotating faster than beta_fast turns over the original context keep
+    their frequency, those slower than beta_slow are divided by `factor`, a linear ramp blends between, and
+    cos/sin are multiplied by mscale = 0.1 ln(factor) + 1.
+    """
+    dim, base = cfg.rotary_dim, float(cfg.rope_theta)
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_extrap = 1.0 / (base**exponents)
+    rs = cfg.yarn
+    if rs is None:
+        return inv_extrap, 1.0
+    factor = float(rs["factor"])
+    orig = int(rs.get("original_max_position_embeddings", cfg.max_position_embeddings))
+    beta_fast = float(rs.get("beta_fast", 32))
+    beta_slow = float(rs.get("beta_slow", 1))
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001  # avoid a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrap_weight = 1.0 - ramp
+    inv_interp = inv_extrap / factor
+    inv_freq = inv_interp * (1 - extrap_weight) + inv_extrap * extrap_weight
+    mscale = float(rs.get("attention_factor") or (0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0))
+    return inv_freq, mscale
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for partial NeoX RoPE over the first `rotary_dim` dims of each head."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        inv_freq, self.scale = yarn_inv_freq(cfg)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] int64 -> cos, sin [B, T, rotary_dim] in `dtype`."""
+        freqs = positions.float()[..., None] * self.inv_freq.float().to(positions.device)  # [B, T, rot/2]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * self.scale).to(dtype), (emb.sin() * self.scale).to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, heads, T, D]; cos/sin [B, T, rot]. Rotates dims [0, rot) NeoX-style, passes the rest through."""
+    rot = cos.shape[-1]
+    cos, sin = cos[:, None], sin[:, None]
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+class Attention(nn.Module):
+    """Fused [Q|K|V] projection, per-head QK RMSNorm, partial RoPE, GQA causal attention, output proj."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        qkv_rows = (self.num_heads + 2 * self.num_kv) * self.head_dim
+        self.query_key_value = nn.Linear(cfg.hidden_size, qkv_rows, bias=False)
+        self.dense = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.query_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.key_layernorm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.scale = self.head_dim**-0.5
+
+    def forward(self, x, cos, sin, cache=None):
+        """x [B, T, H] -> [B, T, H]. With a cache, new K/V are appended and attention spans the whole past."""
+        B, T, _ = x.shape
+        qkv = self.query_key_value(x).view(B, T, self.num_heads + 2 * self.num_kv, self.head_dim)
+        q, k, v = qkv.split([self.num_heads, self.num_kv, self.num_kv], dim=2)
+        q = self.query_layernorm(q).transpose(1, 2)  # [B, Hq, T, D]
+        k = self.key_layernorm(k).transpose(1, 2)  # [B, Hkv, T, D]
+        v = v.transpose(1, 2)
+        q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.seq_len
+            k, v = cache.update(self.layer_idx, k, v)  # [B, Hkv, S, D]
+        rep = self.num_heads // self.num_kv
+        k = k.repeat_interleave(rep, dim=1)  # query head h reads KV head h // rep
+        v = v.repeat_interleave(rep, dim=1)
+        S = k.shape[2]
+        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [B, Hq, T, S]
+        # Causal over absolute positions: new token t (at past + t) sees keys 0..past + t.
+        mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        out = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
+        return self.dense(out)
+
+
+class MLP(nn.Module):
+    """down(silu(gate(x)) * up(x)): the dense FFN of the first layers and the shared expert."""
+
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

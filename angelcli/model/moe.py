@@ -1,0 +1,123 @@
+"""The BailingMoeV2 mixture-of-experts block: sigmoid router with group-limited top-k, stacked experts.
+
+Routing (spec bailing-moe-v2.md §3.5), all in fp32:
+  logits = fp32(x) @ fp32(W_gate)^T                 [T, E]
+  s      = sigmoid(logits)                          the scores that weight the experts
+  b      = s + expert_bias                          used ONLY to choose experts (aux-loss-free balancing)
+  group score = sum of the top-2 b inside each of n_group groups; keep topk_group groups, others -> -inf
+  ids    = topk(b_masked, top_k)                    (torch.topk; ties go to whichever torch.topk returns)
+  w      = s[ids];  w /= (sum(w) + 1e-20) when top_k > 1;  w *= routed_scaling_factor
+Combine: each expert's output is cast to fp32, multiplied by its weight, summed over the k slots in fp32,
+cast to the activation dtype; then the shared expert's output is added in the activation dtype.
+
+Experts are stored stacked for the engine: w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from angelcli.config import ModelConfig
+from angelcli.model.layers import MLP
+
+
+@dataclass
+class RouterOutput:
+    """What one MoE layer decided for its tokens (T = all tokens of the batch, flattened)."""
+
+    layer: int
+    logits: torch.Tensor  # [T, E] fp32, before the sigmoid
+    topk_ids: torch.Tensor  # [T, K] int64
+    topk_weights: torch.Tensor  # [T, K] fp32, normalised and scaled
+
+
+def route(
+    logits: torch.Tensor,
+    expert_bias: torch.Tensor | None,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    routed_scaling_factor: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-limited sigmoid top-k. logits [T, E] fp32 -> (ids [T, K] int64, weights [T, K] fp32)."""
+    scores = torch.sigmoid(logits.float())  # [T, E]
+    choice = scores if expert_bias is None else scores + expert_bias.float()
+    T, E = choice.shape
+    if n_group > 1:
+        grouped = choice.view(T, n_group, E // n_group)
+        group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [T, G]
+        keep = group_scores.topk(topk_group, dim=-1, sorted=False).indices  # [T, topk_group]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, keep, 1.0)
+        expert_mask = group_mask[:, :, None].expand(T, n_group, E // n_group).reshape(T, E)
+        choice = choice.masked_fill(expert_mask == 0, float("-inf"))
+    ids = choice.topk(top_k, dim=-1, sorted=True).indices  # [T, K]
+    weights = scores.gather(1, ids)  # unbiased scores weight the experts
+    if top_k > 1:
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+    return ids, weights * routed_scaling_factor
+
+
+class Gate(nn.Module):
+    """Router weights: `weight` [E, H] (checkpoint dtype, upcast per call) and `expert_bias` [E] kept fp32."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.num_experts, cfg.hidden_size))
+        self.expert_bias = nn.Parameter(torch.zeros(cfg.num_experts, dtype=torch.float32), requires_grad=False)
+
+
+class Experts(nn.Module):
+    """All routed experts of one layer, stacked: w13 [E, 2I, H], w2 [E, H, I]."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        E, inter, H = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        self.w13 = nn.Parameter(torch.empty(E, 2 * inter, H))
+        self.w2 = nn.Parameter(torch.empty(E, H, inter))
+        self.inter = inter
+
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert e on x [n, H] -> [n, H], in x's dtype: down(silu(gate x) * up x)."""
+        w13 = self.w13[e]
+        gate = F.linear(x, w13[: self.inter])
+        up = F.linear(x, w13[self.inter :])
+        return F.linear(F.silu(gate) * up, self.w2[e])
+
+
+class SparseMoe(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        self.gate = Gate(cfg)
+        self.experts = Experts(cfg)
+        self.shared_experts = MLP(cfg.hidden_size, cfg.shared_intermediate_size) if cfg.num_shared_experts else None
+
+    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x [T, H] -> logits [T, E] fp32 (router weight upcast, as the reference does)."""
+        return F.linear(x.float(), self.gate.weight.float())
+
+    def forward(self, x: torch.Tensor, router_out: list | None = None) -> torch.Tensor:
+        """x [B, T, H] -> [B, T, H]. Appends a RouterOutput to `router_out` when given."""
+        cfg = self.cfg
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])  # [N, H]
+        logits = self.router_logits(flat)
+        bias = self.gate.expert_bias if cfg.moe_router_enable_expert_bias else None
+        ids, weights = route(logits, bias, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
+                             cfg.routed_scaling_factor)
+        if router_out is not None:
+            router_out.append(RouterOutput(self.layer_idx, logits, ids, weights))
+        N, K = ids.shape
+        # Each (token, slot) pair's expert output in fp32; summed over slots afterwards, like the reference.
+        slot_out = torch.zeros(N, K, shape[-1], dtype=torch.float32, device=x.device)  # [N, K, H]
+        for e in ids.unique().tolist():
+            tok, slot = (ids == e).nonzero(as_tuple=True)
+            slot_out[tok, slot] = self.experts.expert(e, flat[tok]).float() * weights[tok, slot, None]
+        y = slot_out.sum(dim=1).to(x.dtype).view(shape)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return y
