@@ -87,7 +87,7 @@ def ensure_venv(extras: str) -> None:
 def demo() -> int:
     ensure_venv("")
     angel = str(_bin("angel"))
-    return _run([angel, "chat", "--once", DEMO_PROMPT, "--max-new-tokens", "96"], check=False)
+    return _run([angel, "generate", "--prompt", DEMO_PROMPT, "--max-new-tokens", "96"], check=False)
 
 
 def test(pytest_args: list[str]) -> int:

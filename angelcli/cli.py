@@ -66,19 +66,37 @@ def _register() -> None:
 _register()
 
 
+def _click_exceptions() -> dict[str, tuple[type, ...]]:
+    """Exception classes of click and of typer's vendored copy of click (newer typer ships its own)."""
+    mods = []
+    try:
+        from typer._click import exceptions as vendored
+
+        mods.append(vendored)
+    except ImportError:
+        pass
+    try:
+        from click import exceptions as upstream
+
+        mods.append(upstream)
+    except ImportError:
+        pass
+    return {name: tuple(getattr(m, name) for m in mods if hasattr(m, name))
+            for name in ("Exit", "Abort", "ClickException")}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script; exits with angel's documented codes."""
-    import click
-
+    cx = _click_exceptions()
     args = sys.argv[1:] if argv is None else argv
     try:
         rv = app(args=args, prog_name="angel", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
-    except click.exceptions.Exit as err:
+    except cx["Exit"] as err:
         code = err.exit_code
-    except click.exceptions.Abort:
+    except cx["Abort"]:
         code = EXIT_INTERRUPTED
-    except click.ClickException as err:
+    except cx["ClickException"] as err:
         err.show()
         code = err.exit_code
     except AngelError as err:
