@@ -1,0 +1,1 @@
+"""One module per `angel` verb; each exposes one typer command function (see angelcli/cli.py COMMANDS)."""
