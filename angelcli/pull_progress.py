@@ -94,7 +94,7 @@ class PullProgress:
             task = self._active.pop(path, None)
             if self._rich is not None and task is not None:
                 self._rich.remove_task(task)
-        self.message(f"{note} {path}")
+        self.message(f"{path}: {note}")
 
     def message(self, text: str) -> None:
         """A line above the bars (TTY) or a plain log line; suppressed by --quiet."""

@@ -110,20 +110,22 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
     size_problem: str | None = None
     timeout = httpx.Timeout(read_timeout(), connect=min(10.0, read_timeout()))
 
-    def restart(reason: str) -> None:
-        nonlocal have, hasher
-        on_bytes(-have, True)
-        with open(partial, "wb"):
-            pass
-        have = 0
-        hasher = new_hasher(sha256, git_sha1, size)
-        on_retry(f"{label}: {reason}; starting the file over")
-
     with open(partial, "ab") as out:
+
+        def restart(reason: str) -> None:
+            nonlocal have, hasher
+            on_bytes(-have, True)
+            out.flush()
+            out.truncate(0)
+            have = 0
+            hasher = new_hasher(sha256, git_sha1, size)
+            on_retry(f"{label}: {reason}; starting the file over")
+
         while have < size or (size == 0 and not partial.exists()):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(label)
             req = dict(headers or {})
+            req["Accept-Encoding"] = "identity"  # sizes and Range offsets are of the stored bytes
             if have:
                 req["Range"] = f"bytes={have}-"
             got_this_try = 0
@@ -138,7 +140,7 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
                     hf_raise_for_status(resp)
                     if have and resp.status_code == 200:
                         restart("server ignored the Range request")
-                    for chunk in resp.iter_bytes(CHUNK):
+                    for chunk in resp.iter_bytes():  # as received: a cut connection loses nothing already read
                         if cancel is not None and cancel.is_set():
                             raise Cancelled(label)
                         if have + len(chunk) > size:
@@ -156,6 +158,7 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
                     if have < size:
                         raise _Transient(f"connection closed at {have} of {size} bytes")
             except (_Transient, httpx.TransportError) as err:
+                out.flush()  # the file on disk holds exactly `have` bytes before any retry
                 if got_this_try:
                     failures, wait = 0, RETRY_WAIT_S  # progress was made: a fresh retry budget
                     size_problem = None
