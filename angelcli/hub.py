@@ -121,10 +121,9 @@ def _network_error(endpoint: str, err: BaseException) -> ResourceError:
     )
 
 
-def list_hf(repo_id: str, revision: str | None = None, *, endpoint: str | None = None) -> RemoteRepo:
-    """Resolve `revision` (default: main) of `repo_id` to a commit and list its files, via HfApi.model_info."""
+def _hf_call(fn, endpoint: str, repo_id: str, revision: str | None):
+    """Run one HfApi call, turning its errors into one-line AngelErrors."""
     import httpx
-    from huggingface_hub import HfApi
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -133,12 +132,8 @@ def list_hf(repo_id: str, revision: str | None = None, *, endpoint: str | None =
         RevisionNotFoundError,
     )
 
-    endpoint = (endpoint or hf_endpoint()).rstrip("/")
-    if offline():
-        raise ResourceError(f"HF_HUB_OFFLINE is set: cannot ask {endpoint} about {repo_id}")
-    api = HfApi(endpoint=endpoint, token=hf_token())
     try:
-        info = api.model_info(repo_id, revision=revision, files_metadata=True, timeout=metadata_timeout())
+        return fn()
     except GatedRepoError:
         raise UsageError(f"{repo_id} is gated: accept its terms on {endpoint}/{repo_id} and set HF_TOKEN") from None
     except RevisionNotFoundError:
@@ -155,16 +150,32 @@ def list_hf(repo_id: str, revision: str | None = None, *, endpoint: str | None =
         raise _network_error(endpoint, err) from None
     except (httpx.HTTPError, OSError) as err:
         raise _network_error(endpoint, err) from None
+
+
+def list_hf(repo_id: str, revision: str | None = None, *, endpoint: str | None = None) -> RemoteRepo:
+    """Resolve `revision` (default: main) of `repo_id` to a commit and list its files, via HfApi.model_info.
+
+    If the endpoint (a mirror) leaves sizes out of model_info, the file tree of the resolved commit is listed
+    instead (HfApi.list_repo_tree), which carries sizes and LFS sha256 too.
+    """
+    from huggingface_hub import HfApi
+
+    endpoint = (endpoint or hf_endpoint()).rstrip("/")
+    if offline():
+        raise ResourceError(f"HF_HUB_OFFLINE is set: cannot ask {endpoint} about {repo_id}")
+    api = HfApi(endpoint=endpoint, token=hf_token())
+    info = _hf_call(lambda: api.model_info(repo_id, revision=revision, files_metadata=True, timeout=metadata_timeout()),
+                    endpoint, repo_id, revision)
     if not info.sha:
         raise ResourceError(f"{endpoint} returned no commit for {repo_id}@{revision or 'main'}")
-    files = []
-    for s in info.siblings or []:
-        if s.size is None:
-            raise ResourceError(f"{endpoint} returned no size for {repo_id}/{s.rfilename}; is it a real hub?")
-        files.append(RemoteFile(path=s.rfilename, size=int(s.size),
-                                sha256=(s.lfs.sha256 if s.lfs else None),
-                                git_sha1=(None if s.lfs else s.blob_id)))
-    return RemoteRepo(repo_id, "hf", endpoint, revision or "main", info.sha, tuple(files))
+    siblings = [(s.rfilename, s.size, s.lfs, s.blob_id) for s in info.siblings or []]
+    if any(size is None for _, size, _, _ in siblings):
+        tree = _hf_call(lambda: list(api.list_repo_tree(repo_id, revision=info.sha, recursive=True)),
+                        endpoint, repo_id, revision)
+        siblings = [(f.path, f.size, f.lfs, f.blob_id) for f in tree if hasattr(f, "size")]
+    files = tuple(RemoteFile(path=path, size=int(size), sha256=(lfs.sha256 if lfs else None),
+                             git_sha1=(None if lfs else blob_id)) for path, size, lfs, blob_id in siblings)
+    return RemoteRepo(repo_id, "hf", endpoint, revision or "main", info.sha, files)
 
 
 def hf_file_url(repo_id: str, commit: str, path: str, endpoint: str) -> str:

@@ -305,6 +305,8 @@ def pull(model: str = aliases.DEFAULT_MODEL, *, revision: str | None = None, inc
         fetched = _run(manifest, remote, plans, max_workers=max_workers, quiet=quiet)
         manifest.complete = all(r.mtime_ns is not None for r in manifest.files) and not store.missing_files(manifest)
         manifest.pulled_at = store.now_iso()
+        if manifest.complete:  # what is left in the partial dir belongs to no wanted file (e.g. an old commit)
+            shutil.rmtree(model_dir / store.PARTIAL_DIR, ignore_errors=True)
         if not target.alias and _looks_like_draft(model_dir):
             manifest.kind = "eagle3-draft"
         store.save_manifest(manifest)

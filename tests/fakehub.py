@@ -3,6 +3,7 @@
 Serves what `angel pull` asks for:
   GET /api/models/{org}/{name}[/revision/{rev}]?blobs=true  -> {"id", "sha", "siblings": [{rfilename, size, blobId,
                                                                lfs: {size, sha256, pointerSize}}]}
+  GET /api/models/{org}/{name}/tree/{rev}?recursive=true -> [{type, path, size, oid, lfs: {oid, size, pointerSize}}]
   GET|HEAD /{org}/{name}/resolve/{rev}/{path}                -> file bytes, ETag (sha256 for LFS, git sha1
                                                                otherwise), X-Repo-Commit, Accept-Ranges, Range
 Errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) as the real hub does.
@@ -39,6 +40,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.repos: dict[str, dict] = {}  # repo -> {"refs": {name: commit}, "commits": {commit: {path: bytes}}}
         self.script: dict[str, list[tuple]] = {}
+        self.omit_sizes = False
         self.log: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
         hub = self
@@ -119,10 +121,18 @@ class FakeHub:
             rev = parts[5] if len(parts) >= 6 and parts[4] == "revision" else "main"
             if repo not in self.repos:
                 return self._error(h, 404, "RepoNotFound")
+            if len(parts) >= 6 and parts[4] == "tree":  # /api/models/{repo}/tree/{rev}: flat file list
+                commit = self._commit(repo, parts[5])
+                if commit is None:
+                    return self._error(h, 404, "RevisionNotFound")
+                return self._send_json(h, self._tree(repo, commit))
             commit = self._commit(repo, rev)
             if commit is None:
                 return self._error(h, 404, "RevisionNotFound")
-            return self._send_json(h, self._info(repo, commit))
+            info = self._info(repo, commit)
+            if self.omit_sizes:  # like a mirror that drops file metadata from model_info
+                info["siblings"] = [{"rfilename": s["rfilename"]} for s in info["siblings"]]
+            return self._send_json(h, info)
         if len(parts) >= 5 and parts[2] == "resolve":
             repo, rev, rel = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
             if repo not in self.repos:
@@ -145,7 +155,16 @@ class FakeHub:
             siblings.append(s)
         return {"id": repo, "modelId": repo, "sha": commit, "private": False, "siblings": siblings}
 
-    def _send_json(self, h: BaseHTTPRequestHandler, obj: dict) -> None:
+    def _tree(self, repo: str, commit: str) -> list[dict]:
+        out = []
+        for s in self._info(repo, commit)["siblings"]:
+            entry = {"type": "file", "path": s["rfilename"], "size": s["size"], "oid": s["blobId"]}
+            if "lfs" in s:
+                entry["lfs"] = {"oid": s["lfs"]["sha256"], "size": s["size"], "pointerSize": 134}
+            out.append(entry)
+        return out
+
+    def _send_json(self, h: BaseHTTPRequestHandler, obj: dict | list) -> None:
         body = json.dumps(obj).encode()
         h.send_response(200)
         h.send_header("Content-Type", "application/json")

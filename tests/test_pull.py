@@ -40,6 +40,9 @@ def env(tmp_path, monkeypatch):
     from huggingface_hub import constants
     from huggingface_hub.utils import close_session
 
+    from angelcli import console
+
+    monkeypatch.setattr(console, "_quiet", False)  # restored after tests that run the CLI with --quiet
     monkeypatch.setenv("ANGEL_HOME", str(tmp_path / "home"))
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_DISABLE_XET",
                 "ANGEL_SOURCE", "HF_ENDPOINT"):
@@ -78,7 +81,7 @@ def test_full_pull_then_nothing_twice(fake, env):
     rec = m.record(SHARD1)
     assert rec.size == 300_000 and rec.sha256 == sha256(make_files()[SHARD1]) and rec.mtime_ns
     assert m.record("config.json").git_sha1 and m.record("config.json").sha256 is None
-    assert not (root / store.PARTIAL_DIR).exists() or not any((root / store.PARTIAL_DIR).iterdir())
+    assert not (root / store.PARTIAL_DIR).exists()
     assert len(fake.resolve_gets()) == 5
     # Second pull: the hub is asked for metadata, no file is fetched again.
     again = pull("antangelmed", quiet=True)
@@ -348,3 +351,10 @@ def test_parse_model_and_select_files():
 def test_free_bytes_of_a_dir_not_created_yet(tmp_path):
     assert pull_mod.free_bytes(tmp_path / "a" / "b") > 0
     assert pull_mod.disk_margin(0) == 0 and pull_mod.disk_margin(10**12) == 2 * 10**10
+
+
+def test_mirror_without_sizes_in_model_info_uses_tree(fake):
+    fake.omit_sizes = True
+    report = pull(REPO, quiet=True)
+    assert report["complete"] and read_tree(store.default_model_dir(REPO)) == make_files()
+    assert store.load_manifest(REPO).record(SHARD1).sha256 == sha256(make_files()[SHARD1])
