@@ -86,7 +86,10 @@ def describe(model: str) -> dict[str, Any]:
         if params.is_bailing_moe(config):
             info["params"] = params.count_params(config).to_dict()
     if path is not None and path.is_dir() and any(path.glob("*.safetensors")):
-        info["safetensors_params"] = params.count_from_safetensors(path)
+        try:
+            info["safetensors_params"] = params.count_from_safetensors(path)
+        except UsageError as err:  # a broken shard should not hide the rest; `angel verify` digs deeper
+            info["safetensors_error"] = str(err)
     return info
 
 
@@ -137,5 +140,7 @@ def format_text(info: dict[str, Any]) -> str:
     st = info.get("safetensors_params")
     if st:
         rows.append(("in files", ", ".join(f"{n:,} {d}" for d, n in sorted(st.items()))))
+    if info.get("safetensors_error"):
+        rows.append(("in files", f"unreadable: {info['safetensors_error']}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.rjust(width)}: {v}" for k, v in rows)
