@@ -42,7 +42,7 @@ class PullProgress:
         self._done = 0
         self._fresh = 0  # bytes received in this run (speed excludes resumed bytes)
         self._start = time.monotonic()
-        self._last_line = 0.0
+        self._last_line = self._start  # first status line after `interval`; short pulls print only file lines
         self._active: dict[str, Any] = {}
         self._rich = None
         self._total_task = None

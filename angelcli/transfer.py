@@ -159,6 +159,8 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
                         raise _Transient(f"connection closed at {have} of {size} bytes")
             except (_Transient, httpx.TransportError) as err:
                 out.flush()  # the file on disk holds exactly `have` bytes before any retry
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(label) from None  # the interrupt closed the connection: not a failure
                 if got_this_try:
                     failures, wait = 0, RETRY_WAIT_S  # progress was made: a fresh retry budget
                     size_problem = None

@@ -22,6 +22,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -41,6 +42,7 @@ class FakeHub:
         self.repos: dict[str, dict] = {}  # repo -> {"refs": {name: commit}, "commits": {commit: {path: bytes}}}
         self.script: dict[str, list[tuple]] = {}
         self.omit_sizes = False
+        self.throttle = 0  # bytes per second per download; 0 = unlimited
         self.log: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
         hub = self
@@ -215,7 +217,14 @@ class FakeHub:
             except OSError:
                 pass
             return
-        h.wfile.write(body)
+        step = 65536
+        for i in range(0, len(body), step):
+            try:
+                h.wfile.write(body[i:i + step])
+            except OSError:  # the client went away (e.g. interrupted)
+                return
+            if self.throttle:
+                time.sleep(step / self.throttle)
 
 
 def closed_port_url() -> str:

@@ -358,3 +358,29 @@ def test_mirror_without_sizes_in_model_info_uses_tree(fake):
     report = pull(REPO, quiet=True)
     assert report["complete"] and read_tree(store.default_model_dir(REPO)) == make_files()
     assert store.load_manifest(REPO).record(SHARD1).sha256 == sha256(make_files()[SHARD1])
+
+
+def test_ctrl_c_keeps_partial_and_exits_130(fake, env):
+    """A real `angel pull` process interrupted mid-file: exit 130, partial kept, the next pull resumes it."""
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    fake.throttle = 2_000_000  # ~0.2 s for shard 2, so the interrupt lands mid-file
+    repo_root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "angelcli", "pull", REPO, "--include", SHARD2],
+                            env={**os.environ, "PYTHONPATH": str(repo_root)}, cwd=repo_root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    part = store.default_model_dir(REPO) / store.PARTIAL_DIR / f"{sha256(make_files()[SHARD2])}.partial"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err.decode()
+    have = part.stat().st_size
+    assert 0 < have < 400_000 and b"Traceback" not in err
+    fake.throttle = 0
+    fake.log.clear()
+    assert pull(REPO, include=[SHARD2], quiet=True)["complete"]
+    assert fake.gets(SHARD2) == [f"bytes={have}-"]
