@@ -147,7 +147,8 @@ def count_params(config: dict[str, Any]) -> ParamCount:
     active = sum(active_components.values())
     active_non_emb = active - active_components["embeddings"] - active_components["lm_head"]
 
-    quantized = layers * (h * qkv_out + heads * head_dim * h) + first_dense * mlp(ffn) + moe_layers * moe_layer_quantized
+    quantized = (layers * (h * qkv_out + heads * head_dim * h) + first_dense * mlp(ffn)
+                 + moe_layers * moe_layer_quantized)
     blocks = layers * attn_blocks + first_dense * mlp_blocks(ffn) + moe_layers * moe_layer_blocks
     if mtp_layers:  # the MTP decoder is quantized like any layer; eh_proj is not in the FP8 list (§6)
         quantized += mtp_layers * (h * qkv_out + heads * head_dim * h + moe_layer_quantized)

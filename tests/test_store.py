@@ -77,7 +77,8 @@ def test_find_and_lookup(home):
     assert store.lookup("antangelmed-fp8") is None and store.lookup("other/thing") is None
     put_model("MedAIBase/AntAngelMed-FP8", {"config.json": b"{}"}, complete=False)
     assert store.lookup("antangelmed:fp8") is None  # partial pulls are not handed to other commands
-    assert store.lookup("antangelmed-fp8", include_incomplete=True) == store.default_model_dir("MedAIBase/AntAngelMed-FP8")
+    fp8_dir = store.default_model_dir("MedAIBase/AntAngelMed-FP8")
+    assert store.lookup("antangelmed-fp8", include_incomplete=True) == fp8_dir
     put_model("Other/AntAngelMed", {"x": b"1"})
     assert store.find("AntAngelMed").repo == "MedAIBase/AntAngelMed"  # alias wins
     put_model("a/dup", {"x": b"1"})

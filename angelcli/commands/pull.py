@@ -10,7 +10,8 @@ import typer
 
 def pull(
     model: str = typer.Argument("antangelmed", help="Alias (antangelmed, antangelmed-fp8, ling-flash-2.0, "
-                                "ling-flash-eagle3) or hub id org/name; hf.co/ or modelscope.cn/ prefix picks the hub."),
+                                "ling-flash-eagle3) or hub id org/name; an hf.co/ or modelscope.cn/ prefix "
+                                "picks the hub."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (default: main; "
                                            "ModelScope: master). Resolved to a commit and recorded."),
     include: Optional[List[str]] = typer.Option(None, "--include", help="Only files matching this glob (repeatable)."),
