@@ -122,13 +122,15 @@ def pull(model: str = aliases.DEFAULT_MODEL, *, revision: str | None = None, inc
     old = {f.path: f for f in existing.files} if same_dir else {}
     if existing is not None and not same_dir:
         log(f"angel: note: the earlier copy at {existing.dir} is no longer tracked by the store")
-    same_commit = same_dir and existing.commit == remote.commit
-    records = dict(old) if same_commit else {}
+    # The directory always holds one commit. Files pulled earlier but not selected now stay when their content
+    # is unchanged at this commit (a pull of the same commit adds to what is there); outdated ones are removed.
+    remote_by_path = {rf.path: rf for rf in remote.files}
+    records = {path: rec for path, rec in old.items()
+               if path in remote_by_path and same_content(rec, remote_by_path[path])}
     for rf in selected:
-        rec = old.get(rf.path)
-        records[rf.path] = rec if same_content(rec, rf) else store.FileRecord(rf.path, rf.size, rf.sha256, rf.git_sha1)
-    remote_paths = {rf.path for rf in remote.files}
-    stale = [] if same_commit else [p for p in old if p not in records or p not in remote_paths]
+        if rf.path not in records:
+            records[rf.path] = store.FileRecord(rf.path, rf.size, rf.sha256, rf.git_sha1)
+    stale = [path for path in old if path not in records]
     plans = plan_files(model_dir, selected, old)
 
     needed = sum(p.to_fetch for p in plans)

@@ -384,3 +384,18 @@ def test_ctrl_c_keeps_partial_and_exits_130(fake, env):
     fake.log.clear()
     assert pull(REPO, include=[SHARD2], quiet=True)["complete"]
     assert fake.gets(SHARD2) == [f"bytes={have}-"]
+
+
+def test_new_commit_keeps_unchanged_files_and_removes_outdated(fake):
+    pull(REPO, quiet=True)
+    changed = dict(make_files())
+    changed[SHARD2] = b"new weights" * 1000
+    fake.add_commit(REPO, C2, changed)
+    fake.log.clear()
+    report = pull(REPO, include=["config.json"], quiet=True)
+    root = store.default_model_dir(REPO)
+    assert report["stale"] == [SHARD2] and not (root / SHARD2).exists()
+    assert (root / SHARD1).read_bytes() == make_files()[SHARD1]  # same content at the new commit: kept
+    m = store.load_manifest(REPO)
+    assert m.commit == C2 and SHARD2 not in {f.path for f in m.files} and m.complete
+    assert fake.resolve_gets() == []  # config.json was unchanged too
