@@ -25,7 +25,7 @@ RETRIES = 5  # transient-failure retries per file without progress
 
 
 def run_downloads(manifest: store.Manifest, remote: hub.RemoteRepo, plans: list[FilePlan], *, max_workers: int,
-         quiet: bool) -> int:
+                  quiet: bool) -> int:
     """Download / verify every non-skipped plan; returns bytes received. Raises the worst failure at the end."""
     todo = [p for p in plans if p.action != "skip"]
     if not todo:
@@ -145,7 +145,7 @@ def _fetch_one(remote: hub.RemoteRepo, rf: hub.RemoteFile, part: Path, headers: 
             last = err
             prog.message(f"{rf.path}: modelscope: {str(err).splitlines()[0] if str(err) else type(err).__name__}; "
                          f"retry {attempt}/{RETRIES}")
-            transfer._sleep(transfer.RETRY_WAIT_S * attempt, cancel)
+            transfer.sleep_or_cancel(transfer.RETRY_WAIT_S * attempt, cancel)
     else:
         raise ResourceError(f"{rf.path}: ModelScope download failed after {RETRIES} tries ({last})")
     part.parent.mkdir(parents=True, exist_ok=True)

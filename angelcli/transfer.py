@@ -86,9 +86,9 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
     """Bring `partial` to `size` bytes from `url`, resuming what is there; return its digest.
 
     on_bytes(n, resumed) reports progress: resumed=True for bytes found on disk and for discarded bytes (negative
-    n), False for bytes received now. Raises Cancelled,
-    ResourceError (retries exhausted, hub error) or IntegrityError (the server keeps sending a different size).
-    The digest is NOT compared here: the caller decides what a mismatch means.
+    n), False for bytes received now. Raises Cancelled, ResourceError (retries exhausted, hub error) or
+    IntegrityError (the server keeps sending a different size). The digest is NOT compared here: the caller
+    decides what a mismatch means.
     """
     import httpx
     from huggingface_hub.utils import get_session, hf_raise_for_status
@@ -121,7 +121,7 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
             hasher = new_hasher(sha256, git_sha1, size)
             on_retry(f"{label}: {reason}; starting the file over")
 
-        while have < size or (size == 0 and not partial.exists()):
+        while have < size:  # an empty file needs no request: its digest is that of b""
             if cancel is not None and cancel.is_set():
                 raise Cancelled(label)
             req = dict(headers or {})
@@ -171,7 +171,7 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
                     raise ResourceError(f"{label}: download failed after {retries} retries ({_one_line(err)}); "
                                         f"{have} bytes kept, rerun to resume") from None
                 on_retry(f"{label}: {_one_line(err)}; retry {failures}/{retries} in {wait:g}s from byte {have}")
-                _sleep(wait, cancel)
+                sleep_or_cancel(wait, cancel)
                 wait = min(wait * 2, RETRY_WAIT_MAX_S)
                 continue
             except Cancelled:
@@ -179,8 +179,6 @@ def fetch(url: str, partial: Path, *, size: int, sha256: str | None = None, git_
                 raise
             except httpx.HTTPError as err:  # HfHubHTTPError from hf_raise_for_status: 4xx, not retryable
                 raise ResourceError(f"{label}: {_one_line(err)}") from None
-            if size == 0:
-                break
         out.flush()
         os.fsync(out.fileno())
     return FetchResult(hasher.hexdigest() if hasher is not None else None, resumed_from, fetched)
@@ -191,7 +189,8 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def _sleep(seconds: float, cancel: threading.Event | None) -> None:
+def sleep_or_cancel(seconds: float, cancel: threading.Event | None) -> None:
+    """Wait `seconds`; raise Cancelled at once if `cancel` is set meanwhile."""
     if cancel is not None:
         if cancel.wait(seconds):
             raise Cancelled("interrupted")
