@@ -31,6 +31,7 @@ def make_files(seed: int = 0) -> dict[str, bytes]:
         SHARD1: rnd.randbytes(300_000),
         SHARD2: rnd.randbytes(400_000),
         "sub/notes.txt": b"hello\n",
+        "empty.txt": b"",  # needs no request; its git blob hash is still checked
     }
 
 
