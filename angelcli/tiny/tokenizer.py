@@ -67,6 +67,7 @@ _SMALL_TEXT = [
     "二型糖尿病需要通过饮食、运动和药物（如二甲双胍）进行管理。",
     "胸痛并向手臂或下颌放射时需要紧急处理，请立即拨打急救电话。",
     "You are AntAngelMed, a helpful medical assistant.",
+    "SYSTEM", "HUMAN", "ASSISTANT", "OBSERVATION", "detailed thinking off",
     "What are common symptoms of the flu? Fever, chills, muscle aches, cough and tiredness.",
     "流感的常见症状有哪些？发热、寒战、肌肉酸痛、咳嗽和乏力。",
     "Antibiotics do not work against viruses such as the common cold.",
@@ -141,6 +142,8 @@ def tokenizer_config(chat_template: str) -> dict:
         "eos_token": ROLE_END,
         "pad_token": EOS_TEXT,
         "unk_token": None,
+        # Listed so transformers counts them in all_special_tokens (v5 reads this key as extra_special_tokens).
+        "additional_special_tokens": [t for t in SPECIAL_TOKENS if t not in (BOS, ROLE_END, EOS_TEXT)],
         "add_bos_token": False,
         "add_eos_token": False,
         "add_prefix_space": False,
@@ -184,12 +187,20 @@ def build_small_tokenizer(out_dir: str | Path, vocab_size: int = 512) -> Path:
     return build_tokenizer(_SMALL_TEXT * 4, out_dir, vocab_size=vocab_size)
 
 
+# What the chat template wraps around every conversation: trained on once per sample so that these words
+# become single tokens, as they are in every rendered prompt.
+_ROLE_WORDS = {"system": "SYSTEM", "user": "HUMAN", "assistant": "ASSISTANT", "tool": "OBSERVATION"}
+
+
 def corpus_texts(samples: Iterable[dict]) -> list[str]:
-    """Training text for the tokenizer from chat samples: every message's content, one string each."""
+    """Training text for the tokenizer: every message's content, plus the template's role words."""
     out = []
     for s in samples:
-        for m in s["messages"]:
-            out.append(m["content"])
+        out += ["SYSTEM", "detailed thinking off"]
+        for m in s.get("messages", []):
+            out += [_ROLE_WORDS.get(m["role"], m["role"]), m["content"]]
+        if "text" in s:
+            out.append(s["text"])
     return out
 
 
