@@ -128,7 +128,7 @@ def inventory_checks(cfg: ModelConfig, model_dir: Path, total_params: int
     summary = {"readable": True, "shards": len(reader.files), "tensors": len(have), "missing": len(missing),
                "unexpected": len(unexpected), "header_params": counted, "quantization": None}
     if layout is not None:
-        checks += _quant_checks(layout, reader, scales, quant_mismatch, exp_set)
+        checks += _quant_checks(layout, reader, scales, quant_mismatch, expected)
         summary["quantization"] = {"method": layout.method, "strategy": layout.strategy,
                                    "block": list(layout.block) if layout.block else None,
                                    "quantised_weights": sum(1 for i in have.values() if i.dtype == layout.weight_dtype),
@@ -155,7 +155,7 @@ def _expert_bias_check(cfg: ModelConfig, reader: CheckpointReader) -> Check:
 
 
 def _quant_checks(layout: QuantLayout, reader: CheckpointReader, scales: dict[str, str],
-                  quant_mismatch: list[str], expected: set[str]) -> list[Check]:
+                  quant_mismatch: list[str], expected: list[str]) -> list[Check]:
     import torch
 
     have = reader.tensors
