@@ -190,3 +190,10 @@ def test_scale_shapes_round_up():
     assert lay.scale_name("x.weight") == "x.weight_scale_inv"
     with pytest.raises(UsageError, match="quant_method"):
         layout_from_config({"quant_method": "awq"})
+
+
+def test_angel_tiny_default_model():
+    report, _ = verify(None, STATIC)  # MODEL omitted: the embedded angel-tiny (or its random stand-in)
+    assert report["model"] == "angel-tiny" and report["config_source"] == "local"
+    assert failed(report) == set(), report["checks"]
+    assert report["static"]["inventory"]["header_params"] == report["total_params"]
