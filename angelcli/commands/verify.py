@@ -15,8 +15,8 @@ def verify(
                                 "are read (works for an alias before download)."),
     prompts: str = typer.Option("medical", "--prompts", envvar="ANGEL_VERIFY_PROMPTS",
                                 help="medical (built-in set), random (no tokenizer needed) or a .txt/.json/.jsonl file."),
-    max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens per prompt (random: length of each sequence)."),
-    num_random: int = typer.Option(8, "--num-random", help="Number of sequences for --prompts random."),
+    max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="Tokens per prompt (random: length of each sequence)."),
+    num_random: int = typer.Option(8, "--num-random", min=1, help="Number of sequences for --prompts random."),
     seed: int = typer.Option(0, "--seed", help="Seed of --prompts random."),
     against: Optional[str] = typer.Option(None, "--against", help="Compare routing and logits with another "
                                           "checkpoint of the same architecture (e.g. its FP8 export)."),
@@ -24,17 +24,16 @@ def verify(
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE", help="auto|cpu|cuda|cuda:N."),
     dtype: str = typer.Option("auto", "--dtype", envvar="ANGEL_DTYPE", help="auto|float32|bfloat16|float16."),
-    max_dead: float = typer.Option(0.10, "--max-dead", help="Fail a layer when more than this share of experts "
+    max_dead: float = typer.Option(0.10, "--max-dead", min=0.0, max=1.0, help="Fail a layer when more than this share of experts "
                                    "is never chosen."),
-    min_entropy: float = typer.Option(0.60, "--min-entropy", help="Fail a layer whose load entropy / log(E) is lower."),
-    min_jaccard: float = typer.Option(0.80, "--min-jaccard", help="--against: fail a layer whose mean Jaccard of "
+    min_entropy: float = typer.Option(0.60, "--min-entropy", min=0.0, max=1.0, help="Fail a layer whose load entropy / log(E) is lower."),
+    min_jaccard: float = typer.Option(0.80, "--min-jaccard", min=0.0, max=1.0, help="--against: fail a layer whose mean Jaccard of "
                                       "expert sets is lower."),
-    max_kl: float = typer.Option(0.05, "--max-kl", help="--against: fail when the mean KL of the final logits is higher."),
+    max_kl: float = typer.Option(0.05, "--max-kl", min=0.0, help="--against: fail when the mean KL of the final logits is higher."),
 ) -> None:
     """Check sparsity and integrity: parameter accounting, tensor inventory, routing statistics.
 
-    Exit status like a test runner: 0 every check passed, 1 a routing check failed, 3 an integrity check
-    failed (missing tensor, wrong shape or dtype, NaN scale, truncated shard).
+    Exit status like a test runner: 0 all checks pass, 1 a routing check fails, 3 an integrity check fails.
 
     Examples:
       angel verify antangelmed --static
