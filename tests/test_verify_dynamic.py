@@ -194,3 +194,15 @@ def test_against_other_architecture_is_a_usage_error(tiny_ckpt, tmp_path):
     other = write_checkpoint(tmp_path / "other", cfg, sd)
     with pytest.raises(UsageError, match="num_experts"):
         verify(str(tiny_ckpt), VerifyOptions(prompts="random", against=str(other)))
+
+
+def test_against_a_broken_checkpoint_is_an_integrity_failure(pair, tmp_path):
+    a = pair[0]
+    cfg, sd = vf.base(seed=3)
+    sd.pop("model.layers.2.mlp.gate.expert_bias")
+    other = write_checkpoint(tmp_path / "broken", cfg, sd)
+    report, _ = verify(str(a), VerifyOptions(prompts="random", max_tokens=16, against=str(other)))
+    st = statuses(report)
+    assert st["against.inventory.tensors"] == "fail" and st["against.routing"] == "skip"
+    assert report["against"] is None and report["routing"]["tokens"] == 8 * 16
+    assert report["exit_code"] == 3

@@ -82,15 +82,24 @@ def verify(model: str | None, opts: VerifyOptions) -> tuple[dict, list[Check]]:
     }
     if not opts.static_only:
         broken = reader is None or any(c.failed and c.kind == INTEGRITY for c in checks)
-        checks += _dynamic(source, reader, other, opts, report, broken)
+        other_reader = None
+        if other is not None:  # before any streaming: a broken OTHER must not cost a full pass of SELF first
+            _, other_checks, other_reader = static_stage(other)
+            for c in other_checks:
+                c.name = "against." + c.name
+            checks += [c for c in other_checks if c.failed]
+            if other_reader is None or any(c.failed for c in other_checks):
+                checks.append(skip("against.routing", ROUTING, f"not run: {other.spec} failed its integrity checks"))
+                other = None
+        checks += _dynamic(source, reader, other, other_reader, opts, report, broken)
     report["checks"] = [c.to_dict() for c in checks]
     report["exit_code"] = exit_code(checks)
     report["passed"] = report["exit_code"] == 0
     return report, checks
 
 
-def _dynamic(source: ModelSource, reader, other: ModelSource | None, opts: VerifyOptions, report: dict,
-             broken: bool) -> list[Check]:
+def _dynamic(source: ModelSource, reader, other: ModelSource | None, other_reader, opts: VerifyOptions,
+             report: dict, broken: bool) -> list[Check]:
     from angelcli.runtime import pick_device, pick_dtype
     from angelcli.verify.prompts import build_prompts
 
@@ -109,12 +118,6 @@ def _dynamic(source: ModelSource, reader, other: ModelSource | None, opts: Verif
     if other is None:
         return checks
 
-    _, other_checks, other_reader = static_stage(other)
-    for c in other_checks:
-        c.name = "against." + c.name
-    checks += [c for c in other_checks if c.failed]
-    if other_reader is None or any(c.failed for c in other_checks):
-        return checks + [skip("against.routing", ROUTING, f"not run: {other.spec} failed its integrity checks")]
     other_streamer, other_res = _stream(other, other_reader, prompts, dev, tdtype, True, other.spec)
     agreement = compare_routing(res.router, other_res.router, cfg.num_experts)
     from angelcli.verify.stream import logits_chunks
