@@ -103,13 +103,22 @@ def test_random_prompts_report(tiny_ckpt):
 
 
 def test_medical_and_file_prompts(tiny_ckpt, tmp_path):
+    from angelcli.data import load_prompts
+
     report, _ = verify(str(tiny_ckpt), VerifyOptions(prompts="medical", max_tokens=40))
-    assert report["routing"]["sequences"] >= 5 and report["routing"]["tokens"] <= 40 * report["routing"]["sequences"]
+    r = report["routing"]
+    assert r["sequences"] == len(load_prompts()) and r["tokens"] <= 40 * r["sequences"]
     f = tmp_path / "p.jsonl"
-    f.write_text('{"input_ids": [1, 2, 3, 4]}\n"Is ibuprofen safe with food?"\n{"messages": '
-                 '[{"role": "user", "content": "fever"}]}\n')
+    f.write_text('{"text": "Is ibuprofen safe with food?"}\n{"prompt": "fever in an infant"}\n'
+                 '{"messages": [{"role": "user", "content": "chest pain"}, {"role": "assistant", "content": "call"}]}\n')
     report, _ = verify(str(tiny_ckpt), VerifyOptions(prompts=str(f)))
     assert report["routing"]["sequences"] == 3 and report["routing"]["prompts"]["source"] == str(f)
+    t = tmp_path / "p.txt"
+    t.write_text("first paragraph\nstill the first\n\nsecond one\n")
+    report, _ = verify(str(tiny_ckpt), VerifyOptions(prompts=str(t)))
+    assert report["routing"]["sequences"] == 2
+    with pytest.raises(UsageError, match="no such file"):
+        verify(str(tiny_ckpt), VerifyOptions(prompts=str(tmp_path / "nope.jsonl")))
 
 
 def test_text_prompts_need_a_tokenizer(tmp_path):

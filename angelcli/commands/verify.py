@@ -14,7 +14,7 @@ def verify(
     static: bool = typer.Option(False, "--static", help="Config accounting and header inventory only; no weights "
                                 "are read (works for an alias before download)."),
     prompts: str = typer.Option("medical", "--prompts", envvar="ANGEL_VERIFY_PROMPTS",
-                                help="medical (built-in set), random (no tokenizer needed) or a .txt/.json/.jsonl file."),
+                                help="medical (built-in set), random (no tokenizer needed) or a .jsonl/.txt data file."),
     max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="Tokens per prompt (random: length of each sequence)."),
     num_random: int = typer.Option(8, "--num-random", min=1, help="Number of sequences for --prompts random."),
     seed: int = typer.Option(0, "--seed", help="Seed of --prompts random."),
