@@ -26,6 +26,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("list", "angelcli.commands.list:list_models"),
     ("show", "angelcli.commands.show:show"),
     ("rm", "angelcli.commands.rm:rm"),
+    ("verify", "angelcli.commands.verify:verify"),
 ]
 
 app = typer.Typer(
