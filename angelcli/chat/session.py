@@ -199,9 +199,9 @@ def attach_draft(rt, want: bool | None) -> str | None:
     its `last_stats` carries `mean_acceptance_length`. want=None uses the model's recorded draft if any,
     True requires one, False runs without.
     """
-    hook = getattr(rt.engine, "attach_draft", None)
     if want is False:
         return None
+    hook = getattr(getattr(rt, "engine", None), "attach_draft", None)
     if hook is None:
         if want:
             raise UsageError("--draft: speculative decoding is not available in this build "

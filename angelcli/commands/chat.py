@@ -62,6 +62,11 @@ def chat(
         if "tp" not in inspect.signature(open_runtime).parameters:
             raise UsageError(f"--tp {tp}: tensor parallelism is not available in this build; run with --tp 1")
         extra["tp"] = tp
+    if draft:
+        from angelcli.engine import Engine
+
+        if not hasattr(Engine, "attach_draft"):  # say so before loading a 200 GB model
+            attach_draft(None, True)
     model_dir = resolve_model(model)
     defaults = sampling_defaults(model_dir)
     params = SamplingParams(
