@@ -23,6 +23,9 @@ from angelcli.errors import EXIT_INTERRUPTED, AngelError
 DISCLAIMER = ("Note: answers come from a language model and are not medical advice; "
               "consult a qualified clinician. (--no-disclaimer hides this)")
 _DIM, _RED, _RESET = "\x1b[2m", "\x1b[31m", "\x1b[0m"
+# Control characters a model may emit (ESC sequences, carriage returns, bells) must not drive the user's
+# terminal: on a terminal they are shown as U+FFFD. Newline and tab pass.
+_CONTROLS = {c: "\ufffd" for c in [*range(0, 9), *range(11, 32), 127, *range(128, 160)]}
 
 
 class ChatIO:
@@ -44,11 +47,14 @@ class ChatIO:
         stream.write(text)
         stream.flush()
 
+    def _model_text(self, text: str) -> str:
+        return text.translate(_CONTROLS) if self.interactive else text
+
     def answer(self, text: str) -> None:
-        self._write(self.out, text)
+        self._write(self.out, self._model_text(text))
 
     def think(self, text: str) -> None:
-        self._write(self.out if self.interactive else self.err, text, _DIM)
+        self._write(self.out if self.interactive else self.err, self._model_text(text), _DIM)
 
     def info(self, text: str) -> None:
         self._write(self.out if self.interactive else self.err, text + "\n")
@@ -175,6 +181,39 @@ def _key_bindings():
     return kb
 
 
+class _NoEcho:
+    """While a reply streams the terminal is in cooked mode; keys typed ahead would be echoed into the middle
+    of the reply. Echo is switched off meanwhile (Ctrl-C still raises SIGINT) and restored afterwards; the
+    typed-ahead keys stay queued for the next prompt."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.saved = enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            try:
+                import termios
+
+                fd = sys.stdin.fileno()
+                self.saved = termios.tcgetattr(fd)
+                quiet = termios.tcgetattr(fd)
+                quiet[3] &= ~termios.ECHO
+                termios.tcsetattr(fd, termios.TCSANOW, quiet)
+            except (ImportError, OSError, ValueError):
+                self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            import termios
+
+            try:
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSANOW, self.saved)
+            except (OSError, ValueError):
+                pass
+        return False
+
+
 class ChatREPL:
     """The interactive loop. `input`/`output` are prompt_toolkit objects (tests pass a pipe input and
     DummyOutput); replies and notices go through `io`."""
@@ -224,7 +263,8 @@ class ChatREPL:
                     return 0
                 continue
             try:
-                reply(self.session, unwrap_block(text), io)
+                with _NoEcho(self.input is None and _isatty(sys.stdin)):
+                    reply(self.session, unwrap_block(text), io)
             except AngelError as err:
                 io.error(str(err))
 
