@@ -267,6 +267,12 @@ class ChatREPL:
                     reply(self.session, unwrap_block(text), io)
             except AngelError as err:
                 io.error(str(err))
+            except KeyboardInterrupt:  # before the reply started (while the prompt was being prepared)
+                io.stats("[interrupted]")
+            except Exception as err:  # noqa: BLE001 - an engine failure (e.g. out of memory) must not end the chat
+                if os.environ.get("ANGEL_DEBUG"):
+                    raise
+                io.error(f"{type(err).__name__}: {err} (the conversation is kept; ANGEL_DEBUG=1 shows the traceback)")
 
 
 __all__ = ["ChatIO", "ChatREPL", "DISCLAIMER", "help_text", "read_script", "reply", "run_noninteractive"]

@@ -13,8 +13,9 @@ def chat(
     model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL", help="Path, store name or alias (default: angel-tiny)."),
     system: str = typer.Option(_DEFAULT_SYSTEM, "--system", help="System prompt (\"\" for none)."),
     once: Optional[str] = typer.Option(None, "--once", help="Answer this one message, print the reply and exit."),
-    draft: Optional[bool] = typer.Option(None, "--draft/--no-draft",
-                                         help="Speculative decoding with the model's EAGLE3 draft (default: use it when one is attached)."),
+    draft: Optional[bool] = typer.Option(
+        None, "--draft/--no-draft",
+        help="Speculative decoding with the model's EAGLE3 draft (default: use it when one is attached)."),
     max_new_tokens: int = typer.Option(1024, "--max-new-tokens", "-n", envvar="ANGEL_MAX_NEW_TOKENS",
                                        help="Longest reply in tokens (/set max_tokens changes it)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-t",
@@ -35,8 +36,9 @@ def chat(
 ) -> None:
     """Chat with a model: streamed replies, slash commands, history, transcripts.
 
-    Interactive when stdin and stdout are terminals (/help inside lists commands and keys). With piped input
-    every line is one message of the same conversation; replies go to stdout, stats to stderr.
+    Interactive when stdin and stdout are terminals; /help inside lists commands and keys.
+
+    Piped input: each line is one message of the same conversation; replies on stdout, stats on stderr.
 
     Examples:
       angel chat
