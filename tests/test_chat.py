@@ -3,8 +3,6 @@ driven through a prompt_toolkit pipe input, the piped-stdin runner and the CLI."
 
 import io
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -377,27 +375,30 @@ def test_session_renders_like_generate(tiny_ckpt):
         assert ref["text"].lstrip().startswith("<think>") and ref["text"].endswith(msg.content)
 
 
-def run_cli(*args, input=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "angelcli", "chat", *args], capture_output=True, text=True,
-                          env=env, input=input, timeout=120)
+def run_main(capsys, *args):
+    """`angel chat ...` in-process (torch is already imported, so no 5 s start-up); -> (code, out, err)."""
+    from angelcli.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["chat", *args])
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err
 
 
-def test_cli_once_pipe_and_errors(tiny_ckpt):
-    r = run_cli(str(tiny_ckpt), "--once", "What is a fever?", "-n", "6", "--temperature", "0")
-    assert r.returncode == 0, r.stderr
-    assert "not medical advice" in r.stderr and "6 generated" in r.stderr and "not medical advice" not in r.stdout
-    r = run_cli(str(tiny_ckpt), "-n", "4", "--no-disclaimer", input="hi\n你好\n/stats\n")
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count("4 generated") == 2 and "turns: 2" in r.stderr and "medical advice" not in r.stderr
+def test_cli_once_and_piped_stdin(tiny_ckpt, capsys, monkeypatch):
+    code, out, err = run_main(capsys, str(tiny_ckpt), "--once", "What is a fever?", "-n", "6", "--temperature", "0")
+    assert code == 0, err
+    assert "not medical advice" in err and "6 generated" in err and "not medical advice" not in out
+    assert out.endswith("\n") and "generated" not in out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hi\n你好\n/stats\n"))
+    code, out, err = run_main(capsys, str(tiny_ckpt), "-n", "4", "--no-disclaimer")
+    assert code == 0, err
+    assert err.count("4 generated") == 2 and "turns: 2" in err and "medical advice" not in err
+    assert out.count("\n") >= 2
 
 
 @pytest.mark.parametrize("flags,match", [(["--draft"], "--draft"), (["--tp", "2"], "--tp 2"),
                                          (["--top-p", "0"], "--top-p"), (["--tp", "0"], "--tp")])
 def test_cli_usage_errors_are_one_line(tiny_ckpt, capsys, flags, match):
-    from angelcli.cli import main
-
-    with pytest.raises(SystemExit) as exc:  # in-process: torch is already imported, so this is fast
-        main(["chat", str(tiny_ckpt), "--once", "x", *flags])
-    err = capsys.readouterr().err
-    assert exc.value.code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(capsys, str(tiny_ckpt), "--once", "x", *flags)
+    assert code == 2 and match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

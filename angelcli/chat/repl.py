@@ -20,8 +20,7 @@ from typing import Iterable, Iterator, TextIO
 from angelcli.chat.slash import help_text, make_completer, open_block, run_slash, unwrap_block
 from angelcli.errors import EXIT_INTERRUPTED, AngelError
 
-DISCLAIMER = ("Note: answers come from a language model and are not medical advice; "
-              "consult a qualified clinician. (--no-disclaimer hides this)")
+DISCLAIMER = "Note: answers come from a language model and are not medical advice; consult a clinician."
 _DIM, _RED, _RESET = "\x1b[2m", "\x1b[31m", "\x1b[0m"
 # Control characters a model may emit (ESC sequences, carriage returns, bells) must not drive the user's
 # terminal: on a terminal they are shown as U+FFFD. Newline and tab pass.
