@@ -127,7 +127,10 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, n_
     ids = torch.sort(b, dim=-1, descending=True, stable=True).indices[:, :top_k]  # [T, K]
     w = s.gather(1, ids)
     if top_k > 1:
-        w = w / (w.sum(dim=-1, keepdim=True) + 1e-20)
+        total = w[:, 0]
+        for j in range(1, top_k):  # slot order, as the kernel sums
+            total = total + w[:, j]
+        w = w / (total[:, None] + 1e-20)
     return w * routed_scaling_factor, ids.to(torch.int32)
 
 
