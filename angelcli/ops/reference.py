@@ -273,14 +273,15 @@ def _gather(cache: torch.Tensor, table_row: torch.Tensor, n: int) -> torch.Tenso
 
 
 def attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
-                      cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, scale: float | None = None
-                      ) -> torch.Tensor:
+                      cu_seqlens_q: torch.Tensor, seq_lens: torch.Tensor, scale: float | None = None,
+                      max_q_len: int | None = None) -> torch.Tensor:
     """Causal GQA attention of new query tokens against the paged cache (which already holds them).
 
     q [Tq, Hq, D] packed by sequence (cu_seqlens_q [B+1] int32), caches [NB, BS, Hkv, D], block_table
     [B, max_blocks] int32, seq_lens [B] int32 = context length *including* the new tokens. Query i of
     sequence b sits at position seq_lens[b] - q_len_b + i and sees keys 0..that position. Scores and
     softmax in fp32, probabilities rounded to q.dtype before P @ V (as the kernels do). -> [Tq, Hq, D].
+    max_q_len only sizes the kernel's grid.
     """
     hq, d = q.shape[1], q.shape[2]
     hkv = k_cache.shape[2]
