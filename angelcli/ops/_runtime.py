@@ -69,13 +69,16 @@ def compiled(kernel):
 
 def launch(kernel, grid, device, args: dict[str, Any], constexprs: dict[str, Any],
            num_warps: int = 4, num_stages: int = 2) -> None:
-    """Launch `kernel[grid]` with keyword arguments; interpreted when `device` is the CPU."""
+    """Launch `kernel[grid]` with keyword arguments: compiled on CUDA, interpreted on the CPU, only
+    recorded on the meta device (a wrapper called with meta tensors does all its checks and config
+    choices for real model shapes without allocating anything)."""
     grid = tuple(int(g) for g in grid)
     for rec in _recorders:
         rec.append(Launch(kernel, grid, dict(args), dict(constexprs), num_warps, num_stages))
-    if any(g == 0 for g in grid):
-        return
-    mode = "interpret" if getattr(device, "type", str(device)) == "cpu" else "compile"
+    dev_type = getattr(device, "type", str(device))
+    if any(g == 0 for g in grid) or dev_type == "meta":
+        return  # meta tensors: shapes only; used to record real-size launches for AOT checks
+    mode = "interpret" if dev_type == "cpu" else "compile"
     fn = _variant(kernel, mode)
     # enable_fp_fusion is passed explicitly: triton 3.9 warns when it is left to its changing default.
     opts = dict(num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True)

@@ -169,8 +169,6 @@ def attention_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     d_p2 = next_pow2(d)
     block_m = 64 if d_p2 <= 128 else 32
     block_n = 64 if d_p2 <= 64 else 32
-    if q.device.type == "cpu":  # the interpreter: fewer, larger numpy ops are faster
-        block_m = min(block_m, max(16, next_pow2(tq)))
     grid = (cdiv(max_q_len if max_q_len is not None else tq, block_m), b, hq)
     launch(_prefill_kernel, grid, q.device,
            args=dict(q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_table_ptr=block_table,

@@ -76,10 +76,10 @@ def dequantize_fp8_weight(w: torch.Tensor, scale: torch.Tensor, block: int = FP8
 
 
 def fp8_gemm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor | None = None,
-             out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+             out_dtype: torch.dtype = torch.bfloat16, config: dict | None = None) -> torch.Tensor:
     """y = x @ W^T with an FP8 weight. x [..., K] bf16 (quantised per token per 128 channels on the fly)
     or fp8 with x_scale [..., ceil(K/128)]; w [N, K] fp8; w_scale block [ceil(N/128), ceil(K/128)] or
-    per-channel [N] / [N, 1] fp32. Returns [..., N] in out_dtype."""
+    per-channel [N] / [N, 1] fp32. Returns [..., N] in out_dtype. `config` (kernel launch) is ignored."""
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.dtype == torch.float8_e4m3fn:
@@ -138,7 +138,7 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sort (token, slot) pairs by expert and pad every expert's run to a multiple of block_m.
 
-    See angelcli/ops/moe_align.py for the worked example. Pairs are numbered p = t*K + k; within an expert
+    See angelcli/ops/align.py for the worked example. Pairs are numbered p = t*K + k; within an expert
     they keep ascending p. Padding slots hold the sentinel T*K, unused trailing blocks have expert -1.
     Returns sorted_ids [P] int32, expert_ids [P // block_m] int32, num_post_padded [1] int32, with
     P = roundup(T*K + min(E, T*K)*(block_m - 1), block_m).

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from angelcli.ops._runtime import cdiv, check_tensor, launch, next_pow2
-from angelcli.ops.moe_align import moe_align
+from angelcli.ops.align import moe_align
 from angelcli.ops.reference import fp8_scale_layout
 from angelcli.ops.tuning import moe_config, validate_config
 

@@ -1,6 +1,6 @@
 """moe_align: sort (token, slot) pairs by expert and pad each expert's run to BLOCK_M.
 
-The fused-MoE GEMMs (angelcli/ops/fused_moe.py) process BLOCK_M rows at a time, and every row of a block
+The fused-MoE GEMMs (angelcli/ops/moe.py) process BLOCK_M rows at a time, and every row of a block
 must use the same expert's weights. So the pairs are grouped by expert first, each group padded up to a
 multiple of BLOCK_M with a sentinel, and every block gets one expert id.
 
