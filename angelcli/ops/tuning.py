@@ -141,10 +141,33 @@ def gemm_config(m: int, n: int, k: int, quant: str, device=None) -> tuple[dict, 
 
 
 def shipped_configs() -> list[tuple[str, dict[int, dict]]]:
-    """Every config file in angelcli/ops/configs, parsed and validated (for `angel kernels --check`)."""
+    """Every config file shipped in angelcli/ops/configs, parsed and validated (for `angel kernels --check`)."""
     out = []
     for path in sorted(CONFIG_DIR.glob("*.json")):
-        found = load_config_file(path.name)
-        if found is not None:
-            out.append((path.name, found[1]))
+        raw = json.loads(path.read_text())
+        out.append((path.name, {int(m): validate_config(c, f"{path.name}[{m}]") for m, c in raw.items()
+                                if not m.startswith("_")}))
     return out
+
+
+def parse_config_name(name: str) -> dict[str, str]:
+    """"E=256,N=1024,device_name=X,dtype=fp8_w8a8,block_shape=[128,128].json" -> {"E": "256", ...}."""
+    body = name[:-5] if name.endswith(".json") else name
+    fields, depth, cur = [], 0, ""
+    for ch in body:  # split on commas outside the [..] of block_shape
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            fields.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    fields.append(cur)
+    return dict(f.split("=", 1) for f in fields if "=" in f)
+
+
+def quant_of(fields: dict[str, str]) -> str:
+    """The quant key ("bf16", "fp8_block", "fp8_channel") a parsed file name stands for."""
+    if fields.get("dtype") != "fp8_w8a8":
+        return "bf16"
+    return "fp8_channel" if fields.get("per_channel_quant") == "True" else "fp8_block"
