@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
     ("chat", "angelcli.commands.chat:chat"),
     ("kernels", "angelcli.commands.kernels:kernels"),
+    ("tune", "angelcli.commands.tune:tune"),
 ]
 
 app = typer.Typer(

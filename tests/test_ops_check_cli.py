@@ -82,3 +82,24 @@ def test_command_module_imports_no_torch():
 
     code = "import sys, angelcli.commands.kernels; sys.exit('torch' in sys.modules or 'triton' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_bench_and_tune_need_a_gpu(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run(["kernels", "--bench"], capsys)[0] == 4
+    assert run(["tune", "--kind", "moe"], capsys)[0] == 4
+    code, _, err = run(["tune", "--kind", "gemm", "--quant", "fp8_block"], capsys)
+    assert code == 2 and "--n, --k" in err
+
+
+def test_tune_candidates_fit_and_markdown_report():
+    from angelcli.ops import bench
+
+    fp8 = bench.candidates("fp8_block", gated=True)
+    assert fp8 and all(c["BLOCK_SIZE_K"] == 128 for c in fp8)
+    assert all(bench._shared_estimate(c, 2, 1, True) <= 200 * 1024 for c in fp8)
+    md = bench.benchmarks_markdown({"date": "2026-11-24", "device": "NVIDIA_H20", "triton": "3.9.0", "rows": [
+        bench._row("fused_moe[fp8_block] M=1", 0.5, 2e9, 1e9, True, bench.PEAKS["NVIDIA_H20"])]})
+    assert "## 2026-11-24 - NVIDIA_H20" in md and "| fused_moe[fp8_block] M=1 | 0.5 | 4000.0 | 2.0 | 1.0 |" in md
