@@ -11,7 +11,8 @@ def tune(
     n: int = typer.Option(None, "--n", help="gemm: weight rows N (e.g. 5120 for query_key_value)."),
     k: int = typer.Option(None, "--k", help="gemm: weight columns K (e.g. 4096)."),
     out: str = typer.Option(None, "--out", envvar="ANGEL_KERNEL_CONFIG_DIR",
-                            help="Directory for the JSON file (default: $ANGEL_KERNEL_CONFIG_DIR, else ./kernel-configs)."),
+                            help="Directory for the JSON file (default: $ANGEL_KERNEL_CONFIG_DIR, "
+                                 "else ./kernel-configs)."),
     json_out: bool = typer.Option(False, "--json", help="Print {\"path\": ...} as JSON on stdout."),
 ) -> None:
     """Tune fused_moe or fp8_gemm launch configs on this GPU; lookups then prefer the written file."""
