@@ -27,6 +27,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("show", "angelcli.commands.show:show"),
     ("rm", "angelcli.commands.rm:rm"),
     ("verify", "angelcli.commands.verify:verify"),
+    ("kernels", "angelcli.commands.kernels:kernels"),
+    ("tune", "angelcli.commands.tune:tune"),
 ]
 
 app = typer.Typer(
