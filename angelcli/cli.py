@@ -26,6 +26,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("list", "angelcli.commands.list:list_models"),
     ("show", "angelcli.commands.show:show"),
     ("rm", "angelcli.commands.rm:rm"),
+    ("tiny-train", "angelcli.commands.tiny_train:tiny_train"),
 ]
 
 app = typer.Typer(
