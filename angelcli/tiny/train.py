@@ -102,7 +102,8 @@ def evaluate(model, stream: list[int], seq_len: int = 256, max_windows: int = 64
 
 
 def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: list[dict], eval_samples: list[dict],
-               settings: TrainSettings | None = None, log=print) -> dict:
+               settings: TrainSettings | None = None, log=print,
+               model_overrides: dict | None = None) -> dict:
     """Train and write the checkpoint to out_dir (sharded safetensors + index, config, tokenizer, generation
     config, training_log.json). Returns the training log."""
     import torch
@@ -119,7 +120,8 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     tok = load_tokenizer(tokenizer_dir)
     special = {t: tok.convert_tokens_to_ids(t) for t in ("<|startoftext|>", "<|endoftext|>", "<|role_end|>")}
     cfg_dict = tiny_config(vocab_size=len(tok), bos_token_id=special["<|startoftext|>"],
-                           pad_token_id=special["<|endoftext|>"], eos_token_id=special["<|role_end|>"], **TINY_CONFIG)
+                           pad_token_id=special["<|endoftext|>"], eos_token_id=special["<|role_end|>"],
+                           **{**TINY_CONFIG, **(model_overrides or {})})
     cfg = ModelConfig.from_dict(cfg_dict)
     train_ids = tokenize_split(tok, train_samples)
     eval_ids = tokenize_split(tok, eval_samples)
@@ -138,6 +140,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     moe = [layer.mlp for layer in model.model.layers if hasattr(layer.mlp, "gate")]
     untrained = evaluate(model, eval_ids)
     history = {"settings": asdict(settings), "config": {k: cfg_dict[k] for k in TINY_CONFIG},
+               "tokens": {"train": len(train_ids), "eval": len(eval_ids)},
                "untrained_eval": untrained, "steps": [], "evals": []}
     gen = torch.Generator().manual_seed(settings.seed + 1)
     batches = _batches(train_ids, settings, gen)
