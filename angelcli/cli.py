@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("verify", "angelcli.commands.verify:verify"),
     ("kernels", "angelcli.commands.kernels:kernels"),
     ("tune", "angelcli.commands.tune:tune"),
+    ("tiny-train", "angelcli.commands.tiny_train:tiny_train"),
 ]
 
 app = typer.Typer(
