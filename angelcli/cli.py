@@ -23,6 +23,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
     ("chat", "angelcli.commands.chat:chat"),
     ("kernels", "angelcli.commands.kernels:kernels"),
+    ("pull", "angelcli.commands.pull:pull"),
+    ("list", "angelcli.commands.list:list_models"),
+    ("show", "angelcli.commands.show:show"),
+    ("rm", "angelcli.commands.rm:rm"),
 ]
 
 app = typer.Typer(
