@@ -27,6 +27,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("list", "angelcli.commands.list:list_models"),
     ("show", "angelcli.commands.show:show"),
     ("rm", "angelcli.commands.rm:rm"),
+    ("plan", "angelcli.commands.plan:plan"),
+    ("bench", "angelcli.commands.bench:bench"),
 ]
 
 app = typer.Typer(

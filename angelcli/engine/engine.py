@@ -60,8 +60,12 @@ class GenerationStats:
 class Engine:
     def __init__(self, model, cfg: ModelConfig, *, device: str | torch.device = "cpu", max_seq_len: int | None = None,
                  backend: str = "torch", prefill_chunk: int = 4096, kv_tokens: int | None = None,
-                 paged_ops: str = "triton", cuda_graphs: bool | None = None):
-        """kv_tokens: KV budget of the triton backend's block pool (default: what the first cache asks for)."""
+                 paged_ops: str | None = None, cuda_graphs: bool | None = None):
+        """kv_tokens: KV budget of the triton backend's block pool (default: what the first cache asks for).
+        paged_ops: "triton" (kernels) or "torch" (their twins) for the triton backend; default
+        $ANGEL_PAGED_OPS or "triton"."""
+        import os
+
         self.model, self.cfg = model, cfg
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype if backend == "torch" else model.model.word_embeddings.weight.dtype
@@ -76,6 +80,7 @@ class Engine:
         elif backend == "triton":
             from angelcli.engine.triton_backend import PagedModel
 
+            paged_ops = paged_ops or os.environ.get("ANGEL_PAGED_OPS", "triton")
             self.net = PagedModel(model, cfg, ops=paged_ops, kv_tokens=kv_tokens, cuda_graphs=cuda_graphs)
         else:
             raise UsageError(f"--backend must be torch or triton, not {backend!r}")

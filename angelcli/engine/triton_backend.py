@@ -134,6 +134,8 @@ class PagedModel:
             else:
                 x, residual = ops.rms_norm(h, layer.input_layernorm.weight, cfg.rms_norm_eps, residual=residual)
             a = self._attention(layer.attention, x, step, pool.k[i], pool.v[i])
+            if self.tp is not None:
+                a = self.tp.all_reduce(a)
             x, residual = ops.rms_norm(a, layer.post_attention_layernorm.weight, cfg.rms_norm_eps, residual=residual)
             if isinstance(layer.mlp, SparseMoe):
                 h = self._moe(layer.mlp, x, out.router if (out is not None and return_router) else None)
