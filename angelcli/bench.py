@@ -56,6 +56,7 @@ class BenchReport:
     scaled_down: bool
     note: str
     results: list[BenchRow] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # configurations the KV budget cannot hold at once
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +69,8 @@ class BenchReport:
                 f"{r.roofline_fraction:>10.1%}" for r in self.results]
         top = (f"device {self.device}, backend {self.backend}, TP {self.tp}, peak bandwidth "
                f"{self.peak_bandwidth_gbs:.0f} GB/s ({self.bandwidth_source})")
-        return "\n".join([top] + ([f"note: {self.note}"] if self.note else []) + [head] + rows)
+        skipped = [f"skipped: {x}" for x in self.skipped]
+        return "\n".join([top] + ([f"note: {self.note}"] if self.note else []) + [head] + rows + skipped)
 
 
 # ------------------------------------------------------------------------------------------ bytes
@@ -116,8 +118,7 @@ def peak_bandwidth(device: str) -> tuple[float, str]:
         gpu = find_gpu(name)
         if gpu is not None:
             return float(gpu["bandwidth_gbs"]), f"gpus.json: {gpu['name']}"
-        raise_note = f"{name} is not in angelcli/assets/gpus.json; add it for a roofline"
-        return float("nan"), raise_note
+        return float("nan"), f"{name} is not in angelcli/assets/gpus.json (add it for a roofline)"
     return cpu_copy_bandwidth(), "measured tensor copy"
 
 
@@ -173,8 +174,13 @@ def run_bench(model: str | None, *, device: str = "auto", backend: str = "auto",
                 measure(rt, 1, min(contexts), 4)  # warm-up: kernels compile, graphs get captured
                 kv_tok = 2 * rt.cfg.num_hidden_layers * rt.model.model.layers[0].attention.num_kv \
                     * rt.cfg.head_dim * torch.empty((), dtype=rt.engine.dtype).element_size()
+                budget = getattr(rt.engine.net, "kv_tokens", None)
                 for b in batches:
                     for ctx in contexts:
+                        if budget and b * (ctx + tokens) > budget:
+                            report.skipped.append(f"{fmt} batch {b} context {ctx}: needs {b * (ctx + tokens):,} "
+                                                  f"KV tokens, the budget is {budget:,}")
+                            continue
                         prefill, decode, step_s = measure(rt, b, ctx, tokens)
                         nbytes = step_bytes(rt.model, rt.cfg, b, ctx, kv_tok)
                         report.results.append(BenchRow(fmt, b, ctx, round(prefill, 1), round(decode, 1),

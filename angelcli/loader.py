@@ -274,7 +274,7 @@ def load_model(model_dir: str | Path, *, dtype=None, device="cpu", strict: bool 
     if dtype is None:
         dtype = getattr(torch, str(cfg.torch_dtype).replace("torch.", ""), torch.bfloat16)
     device = torch.device(device)
-    fp8 = fp8_weights(cfg, reader) if report.ok or not strict else {}
+    fp8 = fp8_weights(cfg, reader)
     tp = tp if tp is not None and tp.world > 1 else None
     if tp is not None:
         block = any(scale_layout(reader.tensors[w.weight].shape, reader.tensors[w.scale].shape) == "block"

@@ -77,11 +77,20 @@ class PagedModel:
         rot = model.rotary
         self.cos_sin = rope_cache(cfg.max_position_embeddings, cfg.rotary_dim, cfg.rope_theta, self.dtype,
                                   inv_freq=rot.inv_freq, attention_scaling=rot.scale, device=self.device)
+        for layer in model.model.layers:
+            ex = getattr(layer.mlp, "experts", None)
+            if ops == "triton" and ex is not None and ex.w13_scale is not None and ex.w13_scale.dim() == 3 \
+                    and ex.inter % 128:
+                from angelcli.errors import UsageError
+
+                raise UsageError(f"--backend triton: block-FP8 experts need an expert width that is a multiple of "
+                                 f"128 per GPU (moe_intermediate_size / tp = {ex.inter}); use --backend torch")
         a0 = model.model.layers[0].attention
         self.hq, self.hkv, self.head_dim = a0.num_heads, a0.num_kv, a0.head_dim
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
         self.graph_max_batch = graph_max_batch
-        self._graphs: dict[int, tuple] = {}
+        self._graphs: dict[tuple[int, int], tuple] = {}  # (padded batch, max_blocks) -> (graph, buffers)
+        self._graph_pool = None
 
     # ---- cache ----
     def ensure_pool(self, tokens: int) -> BlockPool:
@@ -230,6 +239,8 @@ class PagedModel:
                 run()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()  # one memory pool shared by all batch sizes
+        with torch.cuda.graph(graph, pool=self._graph_pool):
             logits = run()
         return graph, (ids, seq_lens, table, logits)
