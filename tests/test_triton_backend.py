@@ -80,3 +80,20 @@ def test_triton_backend_refuses_float32(ckpts):
     model, cfg, _ = load_model(ckpts["bf16"], dtype=torch.float32)
     with pytest.raises(UsageError, match="bfloat16"):
         Engine(model, cfg, backend="triton")
+
+
+def test_engine_kernel_launches_compile_for_sm90(ckpts):
+    """Without a GPU: every kernel launch the engine makes (prefill + one decode step, block FP8) compiles
+    ahead of time for Hopper (sm_90) with the arguments it really had."""
+    from angelcli.ops._runtime import record_launches
+    from angelcli.ops.aot import aot_compile
+
+    model, cfg, _ = load_model(ckpts["fp8-block"], dtype=torch.bfloat16)
+    with record_launches() as launches:
+        _greedy(Engine(model, cfg, backend="triton"), PROMPTS[0], 2)
+    names = set()
+    for rec in {(r.name, tuple(sorted(r.constexprs.items()))): r for r in launches}.values():
+        res = aot_compile(rec)
+        assert res.shared_bytes <= 227 * 1024
+        names.add(rec.name)
+    assert {"_fp8_gemm_kernel", "_moe_gemm_kernel", "_prefill_kernel", "_decode_split_kernel"} <= names
