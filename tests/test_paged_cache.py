@@ -122,3 +122,17 @@ def test_closing_a_generation_early_frees_the_cache(model_cfg):
     next(it)
     it.close()
     assert eng.net.pool.free_tokens == eng.net.pool.capacity_tokens
+
+
+def test_pool_without_budget_grows_under_live_caches(model_cfg):
+    """Two caches alive at once (a chat session and a one-off generate): the pool doubles, contents stay."""
+    model, cfg = model_cfg
+    eng = _engines(model, cfg)["paged"]
+    chat = eng.new_cache(1, 64)  # the pool starts at 64 tokens
+    first = eng.prefill(PROMPTS[2], chat)
+    steps = [s.token_id for s in eng.generate(PROMPTS[0], SamplingParams(max_new_tokens=60))]
+    assert eng.net.pool.generation >= 1 and len(steps) == 60
+    ref = Engine(model, cfg)
+    want = ref.prefill(PROMPTS[2] + [5], ref.new_cache(1, 64))
+    got = eng.decode_step(torch.tensor([5]), chat)  # the chat cache survived the growth
+    assert torch.allclose(got, want, atol=1e-5) and first.shape == got.shape

@@ -61,7 +61,7 @@ class Engine:
     def __init__(self, model, cfg: ModelConfig, *, device: str | torch.device = "cpu", max_seq_len: int | None = None,
                  backend: str = "torch", prefill_chunk: int = 4096, kv_tokens: int | None = None,
                  paged_ops: str | None = None, cuda_graphs: bool | None = None):
-        """kv_tokens: KV budget of the triton backend's block pool (default: what the first cache asks for).
+        """kv_tokens: KV budget of the triton backend's block pool (default: none, the pool grows as needed).
         paged_ops: "triton" (kernels) or "torch" (their twins) for the triton backend; default
         $ANGEL_PAGED_OPS or "triton"."""
         import os

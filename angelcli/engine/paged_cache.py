@@ -36,12 +36,15 @@ class BlockPool:
     """All KV memory of one engine: per layer k/v [num_blocks, block_size, Hkv, D] plus a free list."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
-                 device: torch.device | str, num_kv_heads: int | None = None):
+                 device: torch.device | str, num_kv_heads: int | None = None, growable: bool = False):
+        """growable: without a fixed KV budget (CPU, tests) the pool doubles when it runs out instead of
+        raising; block ids stay valid, the per-layer tensors are replaced (`generation` counts that)."""
         shape = (num_blocks, block_size, num_kv_heads or cfg.num_key_value_heads, cfg.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.num_hidden_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
         self.free = list(range(num_blocks - 1, -1, -1))  # a stack: low block ids are handed out first
+        self.growable, self.generation = growable, 0
 
     @property
     def capacity_tokens(self) -> int:
@@ -51,7 +54,18 @@ class BlockPool:
     def free_tokens(self) -> int:
         return len(self.free) * self.block_size
 
+    def grow(self, extra: int) -> None:
+        """Add `extra` blocks (copies the pool once; existing block ids keep their contents)."""
+        for t in (self.k, self.v):
+            for i, old in enumerate(t):
+                t[i] = torch.cat([old, old.new_zeros((extra, *old.shape[1:]))])
+        self.free = list(range(self.num_blocks + extra - 1, self.num_blocks - 1, -1)) + self.free
+        self.num_blocks += extra
+        self.generation += 1
+
     def alloc(self, n: int) -> list[int]:
+        if n > len(self.free) and self.growable:
+            self.grow(max(n - len(self.free), self.num_blocks))
         if n > len(self.free):
             raise ResourceError(f"KV cache full: {n} more blocks of {self.block_size} tokens needed, "
                                 f"{len(self.free)} of {self.num_blocks} free (KV budget {self.capacity_tokens} "

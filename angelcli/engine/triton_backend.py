@@ -91,18 +91,16 @@ class PagedModel:
         self.graph_max_batch = graph_max_batch
         self._graphs: dict[tuple[int, int], tuple] = {}  # (padded batch, max_blocks) -> (graph, buffers)
         self._graph_pool = None
+        self._graph_generation = 0
 
     # ---- cache ----
     def ensure_pool(self, tokens: int) -> BlockPool:
         """The engine-wide block pool with the KV budget `kv_tokens`, created on first use. Without a fixed
-        budget it is sized by the request and regrown (while idle) when a later request needs more."""
-        need = -(-(self.kv_tokens or tokens) // self.block_size)
-        pool = self.pool
-        idle = pool is not None and len(pool.free) == pool.num_blocks
-        if pool is None or (self.kv_tokens is None and idle and pool.num_blocks < need):
-            self.pool = None
-            self._graphs.clear()  # graphs hold the old pool's addresses
-            self.pool = BlockPool(self.cfg, need, self.block_size, self.dtype, self.device, self.hkv)
+        budget it starts at the first request's size and grows when it runs out (BlockPool.grow)."""
+        if self.pool is None:
+            need = -(-(self.kv_tokens or tokens) // self.block_size)
+            self.pool = BlockPool(self.cfg, need, self.block_size, self.dtype, self.device, self.hkv,
+                                  growable=self.kv_tokens is None)
         return self.pool
 
     def new_cache(self, batch: int, max_len: int) -> PagedKVCache:
@@ -202,6 +200,9 @@ class PagedModel:
     def _graph_decode(self, tokens: torch.Tensor, cache: PagedKVCache) -> torch.Tensor:
         """One decode step through a captured graph: tokens [B] -> logits [B, V] fp32."""
         B = tokens.shape[0]
+        if self._graph_generation != cache.pool.generation:  # the pool grew: graphs hold old addresses
+            self._graphs.clear()
+            self._graph_generation = cache.pool.generation
         size = next(s for s in GRAPH_BATCHES + (self.graph_max_batch,) if s >= B)
         if (size, cache.max_blocks) not in self._graphs:
             self._graphs[(size, cache.max_blocks)] = self._capture(size, cache.max_blocks, cache.pool)
