@@ -22,10 +22,8 @@ one that the config allows (check_tp) and the GPUs provide; the engine uses the 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from pathlib import Path
 
 from angelcli.config import ModelConfig
 from angelcli.errors import UsageError
@@ -275,17 +273,9 @@ def describe(plan: Plan, source: str) -> str:
     return "\n".join(lines)
 
 
-def gb(x: float) -> str:
-    return f"{x:.1f} GB" if math.isfinite(x) else "?"
-
-
 def device_plan(cfg: ModelConfig, tp: int, context: int, device_index: int = 0, model: str = "model") -> Plan:
     """The plan for the local CUDA devices (the engine's start check): real memory of cuda:device_index."""
     import torch
 
     total = torch.cuda.get_device_properties(device_index).total_memory
     return make_plan(cfg, gpus=tp, gpu_mem_gb=total / 1e9, context=context, tp=tp, model=model)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
