@@ -21,3 +21,9 @@ def test_run_batch_equals_run_request(tiny_ckpt):
         if want["logprobs"]:  # the same top ids per step (values agree to float rounding)
             assert [[i for i, _ in x] for x in got["logprobs"]] == [[i for i, _ in x] for x in want["logprobs"]]
         assert got["stats"]["generated_tokens"] == len(got["ids"])
+
+
+def test_stats_are_filled_when_the_consumer_stops_at_the_last_token(tiny_ckpt):
+    rt = open_runtime(str(tiny_ckpt), device="cpu")
+    out = run_request(rt, GenRequest(input_ids=[4, 8, 15]), SamplingParams(max_new_tokens=4))
+    assert out["stats"]["prompt_tokens"] == 3 and out["stats"]["generated_tokens"] == len(out["ids"]) == 4

@@ -142,7 +142,6 @@ class Engine:
                 yield step
         finally:
             it.close()  # at once, not at garbage collection: tensor-parallel workers wait for the stop
-        self.last_stats = self.batch_stats[0]
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
                        ) -> Iterator[tuple[int, StepOutput]]:
@@ -158,13 +157,13 @@ class Engine:
                 raise UsageError(f"prompt of {len(p)} tokens does not fit max sequence length {self.max_seq_len}")
         plist = self._tp_send("generate_batch", prompts, plist)
         self.batch_stats = [GenerationStats(prompt_tokens=len(p)) for p in prompts]
+        if self.batch_stats:  # updated in place as tokens come, so valid even if the consumer stops early
+            self.last_stats = self.batch_stats[0]
         budgets = [min(pp.max_new_tokens, self.max_seq_len - len(p)) for p, pp in zip(prompts, plist)]
         todo = [i for i, b in enumerate(budgets) if b > 0]
         for wave in self._waves(todo, prompts, budgets):
             if not (yield from self._run_wave(wave, prompts, plist, budgets)):
                 break  # the consumer stopped early (tensor-parallel workers were told so)
-        if self.batch_stats:
-            self.last_stats = self.batch_stats[0]
 
     def _waves(self, todo: list[int], prompts, budgets) -> Iterator[list[int]]:
         """Groups of requests whose prompts + budgets fit the paged KV budget together (torch: one group)."""
