@@ -29,6 +29,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("rm", "angelcli.commands.rm:rm"),
     ("plan", "angelcli.commands.plan:plan"),
     ("bench", "angelcli.commands.bench:bench"),
+    ("tune", "angelcli.commands.tune:tune"),
 ]
 
 app = typer.Typer(

@@ -1,8 +1,8 @@
 """angelcli.ops: the GPU kernels of angel's engine, each with a plain-torch twin.
 
 Model code calls only these functions, never `kernel[grid]`. Every op exists twice with one signature:
-a Triton kernel behind a checked host wrapper (the module named in KERNEL_MODULES; module names differ from op names so that importing a
-kernel module never shadows the op of the same name on this package) and a torch twin
+a Triton kernel behind a checked host wrapper (in the module KERNEL_MODULES names; module names differ
+from op names so that importing a kernel module never shadows the op on this package) and a torch twin
 (angelcli/ops/reference.py). Which one runs is decided per call:
 
     backend "auto" (default): CUDA tensors -> Triton (compiled); CPU tensors -> torch twin, unless

@@ -91,27 +91,32 @@ def launch(kernel, grid, device, args: dict[str, Any], constexprs: dict[str, Any
 
 @contextlib.contextmanager
 def _interpreting() -> Iterator[None]:
-    """Route calls of JITFunctions (triton's stdlib, our helpers) through the interpreter meanwhile."""
+    """Route calls of JITFunctions (triton's stdlib, our helpers) through the interpreter meanwhile.
+
+    The interpreter swaps triton.language's builtins for numpy versions while a kernel runs, but only in
+    the modules the kernel's own globals name (`tl`); stdlib helpers reach them through `tl.core`. Both are
+    patched once here for the whole launch (InterpretedFunction.__call__ would re-patch on every helper
+    call, which dominated run time, and never restores, which breaks later compilation in the process).
+    """
+    import types
+
+    import triton.language as tl
     from triton.runtime import interpreter
     from triton.runtime.jit import JITFunction
 
+    anchor = types.FunctionType((lambda: None).__code__, {"tl": tl, "core": tl.core})
+    scope = interpreter._patch_lang(anchor)
     original = JITFunction.__call__
 
     def call(self, *args, **kwargs):
-        # InterpretedFunction.__call__ patches triton.language and never restores it, which would
-        # break later compilation in this process; this does the same call and restores.
-        fn = _variant(self, "interpret")
-        scope = interpreter._patch_lang(fn.fn)
-        try:
-            return fn.rewrite()(*args, **kwargs)
-        finally:
-            scope.restore()
+        return _variant(self, "interpret").rewrite()(*args, **kwargs)
 
     JITFunction.__call__ = call
     try:
         yield
     finally:
         JITFunction.__call__ = original
+        scope.restore()
 
 
 @contextlib.contextmanager

@@ -1,10 +1,12 @@
 """`angel kernels --check`: every kernel run in the interpreter against its twin, compiled for sm_90.
 
 For each op case (angelcli/ops/cases.py) the row reports:
-    interpreter_max_err / tolerance   Triton interpreter on CPU vs the torch twin
-    aot_sm90                          every kernel launch of the case compiles for sm_90 (no GPU needed)
+    interpreter_max_err / tolerance   Triton interpreter on CPU vs the torch twin, at a small shape
+    aot_sm90                          every launch the op makes at AntAngelMed's shapes (1 and 4096 tokens,
+                                      recorded with meta tensors) compiles for sm_90 (no GPU needed)
     shared_bytes                      the largest shared-memory need among them (limit 227 KB)
-    fp8_wgmma                         FP8 cases: does the GEMM use `wgmma ... e4m3` (None elsewhere)
+    fp8_wgmma                         FP8 GEMMs: does any launch use `wgmma ... e4m3` (None for non-GEMMs);
+                                      launches with BLOCK_M >= 64 must, smaller tiles use f16 mma.sync
     gpu_max_err                       on a CUDA machine: the compiled kernel vs the twin (None without one)
 For every distinct launch config in the shipped JSON files there is a row too: the config run in the
 interpreter at a small shape, and compiled at the real AntAngelMed shape (meta tensors: no memory).
@@ -60,7 +62,9 @@ def _compile_all(recs: list[Launch], row: dict) -> None:
             if rec.constexprs.get("BLOCK_M", 0) >= 64 and res.mma != "wgmma.e4m3":
                 row["failures"].append(f"{rec.name}: BLOCK_M >= 64 but the PTX uses {res.mma}, not wgmma e4m3")
     row["mma"] = sorted(set(kinds))
-    row["fp8_wgmma"] = all(fp8_mma) if fp8_mma else None
+    # True if the FP8 GEMM uses FP8 tensor cores in at least one launch (the BLOCK_M >= 64 ones must:
+    # checked above); decode-sized tiles below 64 rows use f16 mma.sync by design.
+    row["fp8_wgmma"] = any(fp8_mma) if fp8_mma else None
 
 
 def _measure(run: Callable[[str], tuple[float, float]], row: dict, device: str, key: str) -> list[Launch]:
@@ -77,10 +81,24 @@ def _measure(run: Callable[[str], tuple[float, float]], row: dict, device: str, 
     return recs
 
 
+def real_shape_launches(name: str) -> list[Launch]:
+    """The launches op case `name` makes at AntAngelMed's shapes, decode- and prefill-sized (meta tensors)."""
+    with record_launches() as recs:
+        for m in cases.REAL_M:
+            cases.real_shape_call(name, m)
+    return recs
+
+
 def check_case(name: str, run: Callable[[str], tuple[float, float]], gpu: bool) -> dict:
+    """Interpreter vs twin at a small shape; sm_90 compile of the launches at the real shapes."""
     row = {"name": name, "kind": "op", "interpreter_max_err": None, "tolerance": None, "gpu_max_err": None,
            "failures": []}
-    recs = _measure(run, row, "cpu", "interpreter_max_err")
+    _measure(run, row, "cpu", "interpreter_max_err")
+    try:
+        recs = real_shape_launches(name)
+    except Exception as exc:  # noqa: BLE001
+        row["failures"].append(f"real-shape launch failed: {type(exc).__name__}: {exc}")
+        recs = []
     if recs:
         _compile_all(recs, row)
     else:
@@ -91,7 +109,7 @@ def check_case(name: str, run: Callable[[str], tuple[float, float]], gpu: bool) 
     return row
 
 
-def _config_rows(gpu: bool) -> list[dict]:
+def _config_rows(gpu: bool, interpret: bool = True) -> list[dict]:
     """One row per distinct (op, quant, config) among the shipped files."""
     distinct: dict[tuple, dict] = {}
     for fname, table in shipped_configs():
@@ -114,7 +132,8 @@ def _config_rows(gpu: bool) -> list[dict]:
             small = lambda dev, q=quant, c=cfg: cases.run_fused_moe(33, 8, 2, 256, 256, q, dev, config=c)
         else:
             small = lambda dev, q=quant, c=cfg: cases.run_fp8_gemm(33, 256, 384, q.split("_")[1], dev, config=c)
-        _measure(small, row, "cpu", "interpreter_max_err")
+        if interpret:
+            _measure(small, row, "cpu", "interpreter_max_err")
         with record_launches() as recs:
             try:
                 _meta_launch(op, quant, cfg, fields, entry["m"])

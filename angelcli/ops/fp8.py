@@ -35,23 +35,24 @@ def _quantize_fp8_kernel(
     # pointers
     x_ptr, q_ptr, s_ptr,
     # sizes
-    k_dim, num_groups,
+    num_rows, k_dim, num_groups,
     # strides (rows)
     stride_x, stride_q, stride_s,
     # meta-parameters
-    GROUPS: tl.constexpr, GROUP_SIZE: tl.constexpr,
+    BLOCK_R: tl.constexpr, GROUPS: tl.constexpr, GROUP_SIZE: tl.constexpr,
 ):
-    """One row, GROUPS groups of GROUP_SIZE channels per program."""
-    row = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)[:, None]  # [GROUPS, 1]
-    c = g * GROUP_SIZE + tl.arange(0, GROUP_SIZE)[None, :]  # [GROUPS, GROUP_SIZE]
-    mask = (c < k_dim) & (g < num_groups)
-    x = tl.load(x_ptr + row * stride_x + c, mask=mask, other=0.0).to(tl.float32)
-    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(x), axis=1), 1e-10), 448.0)  # [GROUPS]
-    q = tl.clamp(tl.div_rn(x, scale[:, None]), -448.0, 448.0).to(tl.float8e4nv)
-    tl.store(q_ptr + row * stride_q + c, q, mask=mask)
-    gg = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)
-    tl.store(s_ptr + row * stride_s + gg, scale, mask=gg < num_groups)
+    """A [BLOCK_R rows, GROUPS groups, GROUP_SIZE channels] tile per program."""
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None, None]
+    g = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)[None, :, None]
+    c = g * GROUP_SIZE + tl.arange(0, GROUP_SIZE)[None, None, :]
+    mask = (r < num_rows) & (g < num_groups) & (c < k_dim)
+    x = tl.load(x_ptr + r * stride_x + c, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.div_rn(tl.maximum(tl.max(tl.abs(x), axis=2), 1e-10), 448.0)  # [BLOCK_R, GROUPS]
+    q = tl.clamp(tl.div_rn(x, scale[:, :, None]), -448.0, 448.0).to(tl.float8e4nv)
+    tl.store(q_ptr + r * stride_q + c, q, mask=mask)
+    r2 = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
+    g2 = tl.program_id(1) * GROUPS + tl.arange(0, GROUPS)[None, :]
+    tl.store(s_ptr + r2 * stride_s + g2, scale, mask=(r2 < num_rows) & (g2 < num_groups))
 
 
 @triton.jit
@@ -120,10 +121,11 @@ def quantize_fp8(x: torch.Tensor, group_size: int = FP8_GROUP) -> tuple[torch.Te
     xq = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
     scale = torch.empty(m, ng, dtype=torch.float32, device=x.device)
     groups = max(1, min(next_pow2(ng), 4096 // group_size))
-    launch(_quantize_fp8_kernel, (m, cdiv(ng, groups)), x.device,
-           args=dict(x_ptr=x, q_ptr=xq, s_ptr=scale, k_dim=k, num_groups=ng, stride_x=x.stride(0),
+    block_r = max(1, min(16, 4096 // (groups * group_size), next_pow2(m)))
+    launch(_quantize_fp8_kernel, (cdiv(m, block_r), cdiv(ng, groups)), x.device,
+           args=dict(x_ptr=x, q_ptr=xq, s_ptr=scale, num_rows=m, k_dim=k, num_groups=ng, stride_x=x.stride(0),
                      stride_q=xq.stride(0), stride_s=scale.stride(0)),
-           constexprs=dict(GROUPS=groups, GROUP_SIZE=group_size), num_warps=4, num_stages=1)
+           constexprs=dict(BLOCK_R=block_r, GROUPS=groups, GROUP_SIZE=group_size), num_warps=4, num_stages=1)
     return xq, scale
 
 

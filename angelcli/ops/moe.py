@@ -133,21 +133,21 @@ def _moe_weighted_sum_kernel(
     # pointers
     y_ptr, w_ptr, out_ptr,
     # sizes
-    hidden,
+    num_tokens, hidden,
     # strides
     stride_y, stride_w, stride_out,
     # meta-parameters
-    BLOCK_H: tl.constexpr, TOP_K: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, TOP_K: tl.constexpr,
 ):
-    """out[t] = bf16(sum_k fp32(y[t*K + k]) * w[t, k]), summed in slot order."""
-    t = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mask = cols < hidden
-    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    """out[t] = bf16(sum_k fp32(y[t*K + k]) * w[t, k]), summed in slot order; BLOCK_T tokens per program."""
+    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)[:, None]  # [BT, 1]
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :]
+    mask = (tok < num_tokens) & (cols < hidden)
+    acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
     for j in tl.static_range(TOP_K):
-        y = tl.load(y_ptr + (t * TOP_K + j) * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
-        acc += y * tl.load(w_ptr + t * stride_w + j)
-    tl.store(out_ptr + t * stride_out + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        y = tl.load(y_ptr + (tok * TOP_K + j) * stride_y + cols, mask=mask, other=0.0).to(tl.float32)
+        acc += y * tl.load(w_ptr + tok * stride_w + j, mask=tok < num_tokens, other=0.0)
+    tl.store(out_ptr + tok * stride_out + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _weight_quant(name: str, w: torch.Tensor, scale: torch.Tensor | None) -> str:
@@ -230,8 +230,9 @@ def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights
     _launch_gemm(h, w2, w2s, y, (sorted_ids, expert_ids), total, cfg, n_out=hidden, k_dim=inter,
                  num_pairs=pairs, row_div=1, up_offset=0, gated=False, quant=quant)
     block_h = min(1024, next_pow2(hidden))
-    launch(_moe_weighted_sum_kernel, (t, cdiv(hidden, block_h)), x.device,
-           args=dict(y_ptr=y, w_ptr=topk_weights, out_ptr=out, hidden=hidden, stride_y=y.stride(0),
+    block_t = max(1, min(16, 4096 // block_h, next_pow2(t)))
+    launch(_moe_weighted_sum_kernel, (cdiv(t, block_t), cdiv(hidden, block_h)), x.device,
+           args=dict(y_ptr=y, w_ptr=topk_weights, out_ptr=out, num_tokens=t, hidden=hidden, stride_y=y.stride(0),
                      stride_w=topk_weights.stride(0), stride_out=out.stride(0)),
-           constexprs=dict(BLOCK_H=block_h, TOP_K=top_k), num_warps=4, num_stages=1)
+           constexprs=dict(BLOCK_T=block_t, BLOCK_H=block_h, TOP_K=top_k), num_warps=4, num_stages=1)
     return out

@@ -13,9 +13,9 @@ Tie rule: among equal values the lower index wins, both when ranking groups and 
 Exact ties need equal fp32 sums of sigmoid + bias, which happen with degenerate inputs, not real logits.
 
 The kernel handles BLOCK_T tokens per program: the scores sit in a [tokens, groups, experts-per-group]
-tile, so "top-2 per group" is a reduction over the last axis, and each top-k step is a max, then the smallest index holding it
-(this is what makes the tie rule hold), then that entry is marked taken. Weights are summed in slot
-order and divided with IEEE division (`div_rn`), like the twin.
+tile, so "top-2 per group" is a reduction over the last axis, and each top-k step is a max, then the
+smallest index holding it (this is what makes the tie rule hold), then that entry is marked taken.
+Weights are summed in slot order and divided with IEEE division (`div_rn`), like the twin.
 """
 
 from __future__ import annotations
@@ -130,7 +130,8 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, n_
                      weights_ptr=weights, ids_ptr=ids, num_tokens=t, n_group=n_group, experts_per_group=per,
                      stride_lt=logits.stride(0), stride_wt=weights.stride(0), stride_it=ids.stride(0),
                      routed_scaling_factor=float(routed_scaling_factor)),
-           constexprs=dict(BLOCK_T=block_t, G_P2=g_p2, S_P2=s_p2, K_P2=next_pow2(top_k), TOP_K=top_k, TOPK_GROUP=topk_group,
+           constexprs=dict(BLOCK_T=block_t, G_P2=g_p2, S_P2=s_p2, K_P2=next_pow2(top_k), TOP_K=top_k,
+                           TOPK_GROUP=topk_group,
                            GROUPED=grouped, HAS_BIAS=expert_bias is not None),
            num_warps=4, num_stages=1)
     return weights, ids
