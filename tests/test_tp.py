@@ -51,3 +51,23 @@ def test_tp2_matches_one_process(ckpt, backend, monkeypatch):
         assert g_batch == w_batch
     else:  # the split runs the same function: argmax agrees wherever the margin exceeds bf16 noise
         assert (g_logits.argmax(-1) == w_logits.argmax(-1)).float().mean() > 0.8
+
+
+def test_tp2_block_fp8_scales_split_with_their_weights(tmp_path):
+    """Block-FP8 under TP: with 128-aligned slices (head_dim 128, expert width 256) every rank's weight and
+    scale slices line up with the 128x128 blocks and the activation groups, so TP 2 == TP 1 in float32."""
+    from angelcli.fixtures import write_fp8_checkpoint
+
+    ck = write_fp8_checkpoint(tmp_path / "fp8", "fp8-block", seed=1, vocab_size=128, hidden_size=128,
+                              num_attention_heads=2, num_key_value_heads=2, head_dim=128, moe_intermediate_size=256,
+                              moe_shared_expert_intermediate_size=256, intermediate_size=256, num_hidden_layers=2)
+    kw = dict(device="cpu", dtype="float32", backend="torch")
+    ids = [3, 17, 99, 42, 8, 5, 6]
+    want = open_runtime(str(ck), **kw).engine.score(ids)
+    rt = open_runtime(str(ck), tp=2, **kw)
+    try:
+        assert rt.model.model.layers[1].mlp.experts.w13_scale.shape == (8, 2, 1)  # [E, 2 x 128/128, 128/128]
+        got = rt.engine.score(ids)
+    finally:
+        rt.close()
+    assert (got - want).abs().max() < 1e-4
