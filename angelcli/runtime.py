@@ -66,11 +66,11 @@ def pick_device(device: str) -> str:
     return device
 
 
-def pick_backend(backend: str, device: str) -> str:
+def pick_backend(backend: str, device: str, dtype: str = "auto") -> str:
     if backend not in BACKENDS:
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "triton" if device.startswith("cuda") else "torch"
+    if backend == "auto":  # the kernels run bf16/fp16 activations; float32 stays on the reference backend
+        return "triton" if device.startswith("cuda") and dtype != "float32" else "torch"
     return backend
 
 
@@ -99,7 +99,7 @@ def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto"
         raise UsageError("--tp must be >= 1")
     model_dir = resolve_model(model)
     dev = pick_device(device)
-    chosen = pick_backend(backend, dev)
+    chosen = pick_backend(backend, dev, dtype)
     tdtype, dname = pick_dtype(dtype, dev, chosen)
     if chosen == "triton":
         try:

@@ -66,8 +66,9 @@ def test_context_that_does_not_fit_the_kv_budget():
 
 
 def test_block_fp8_tp_needs_128_aligned_slices():
-    cfg = ModelConfig.from_dict(tiny_config(moe_intermediate_size=128, moe_shared_expert_intermediate_size=128, quantization_config={
-        "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}))
+    qc = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    cfg = ModelConfig.from_dict(tiny_config(moe_intermediate_size=128, moe_shared_expert_intermediate_size=128,
+                                            quantization_config=qc))
     assert valid_tp(cfg, 4) == [1]  # 64 / 2 rows per head slice cannot hold whole 128-row blocks
 
 
