@@ -92,3 +92,20 @@ def test_bench_cli_smoke(tiny_ckpt):
     for x in rows:
         assert x["decode_tokens_per_s"] > 0 and x["prefill_tokens_per_s"] > 0 and 0 < x["roofline_fraction"] < 1
     assert rows[1]["bytes_per_step"] > rows[0]["bytes_per_step"]  # more experts and KV rows touched
+
+
+def test_engine_refuses_at_start_when_the_plan_does_not_fit(tiny_ckpt, monkeypatch):
+    """On CUDA open_runtime plans with the device's real memory before loading; simulated here with a
+    64 KB "GPU" (no CUDA is touched: the refusal comes first)."""
+    import types
+
+    import torch
+
+    from angelcli import runtime
+    from angelcli.errors import ResourceError
+
+    monkeypatch.setattr(runtime, "pick_device", lambda device: "cuda:0")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=65536))
+    with pytest.raises(ResourceError, match="does not fit: weights need") as err:
+        runtime.open_runtime(str(tiny_ckpt), backend="torch")
+    assert err.value.exit_code == 4
