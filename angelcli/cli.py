@@ -22,6 +22,7 @@ from angelcli.errors import EXIT_INTERRUPTED, AngelError
 COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
     ("chat", "angelcli.commands.chat:chat"),
+    ("kernels", "angelcli.commands.kernels:kernels"),
     ("pull", "angelcli.commands.pull:pull"),
     ("list", "angelcli.commands.list:list_models"),
     ("show", "angelcli.commands.show:show"),
@@ -30,6 +31,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("kernels", "angelcli.commands.kernels:kernels"),
     ("tune", "angelcli.commands.tune:tune"),
     ("tiny-train", "angelcli.commands.tiny_train:tiny_train"),
+    ("plan", "angelcli.commands.plan:plan"),
+    ("bench", "angelcli.commands.bench:bench"),
 ]
 
 app = typer.Typer(
