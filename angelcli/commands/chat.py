@@ -78,21 +78,26 @@ def chat(
         max_new_tokens=max_new_tokens, seed=seed)
     log(f"loading {model or TINY_NAME} ...")
     rt = open_runtime(str(model_dir), device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, **extra)
-    draft_name = attach_draft(rt, draft)
-    session = ChatSession(rt, system=system, params=params, draft=draft_name, model_name=model or TINY_NAME,
-                          ignore_eos=ignore_eos)
+    try:
+        draft_name = attach_draft(rt, draft)
+        session = ChatSession(rt, system=system, params=params, draft=draft_name, model_name=model or TINY_NAME,
+                              ignore_eos=ignore_eos)
 
-    interactive = once is None and sys.stdin.isatty() and sys.stdout.isatty()
-    io = ChatIO(interactive=interactive)
-    if once is not None:
-        if not no_disclaimer:
-            io.info(DISCLAIMER)
-        reply(session, once, io, catch_interrupt=False)
-        return
-    if not interactive:
-        code = run_noninteractive(session, sys.stdin, io, disclaimer=not no_disclaimer)
-    else:
-        history = None if no_history else angel_home() / "chat_history"
-        code = ChatREPL(session, io, history_path=history, disclaimer=not no_disclaimer).run()
-    if code:
-        raise typer.Exit(code)
+        interactive = once is None and sys.stdin.isatty() and sys.stdout.isatty()
+        io = ChatIO(interactive=interactive)
+        if once is not None:
+            if not no_disclaimer:
+                io.info(DISCLAIMER)
+            reply(session, once, io, catch_interrupt=False)
+            return
+        if not interactive:
+            code = run_noninteractive(session, sys.stdin, io, disclaimer=not no_disclaimer)
+        else:
+            history = None if no_history else angel_home() / "chat_history"
+            code = ChatREPL(session, io, history_path=history, disclaimer=not no_disclaimer).run()
+        if code:
+            raise typer.Exit(code)
+    finally:
+        if hasattr(rt, "close"):
+            rt.close()  # stops tensor-parallel workers
+
