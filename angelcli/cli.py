@@ -22,6 +22,7 @@ from angelcli.errors import EXIT_INTERRUPTED, AngelError
 COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
     ("chat", "angelcli.commands.chat:chat"),
+    ("quantize", "angelcli.commands.quantize:quantize"),
 ]
 
 app = typer.Typer(

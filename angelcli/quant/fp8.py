@@ -1,0 +1,210 @@
+"""FP8 e4m3 quantisation math: amax -> scale, quantise, dequantise, in three weight layouts.
+
+The number format
+-----------------
+`float8_e4m3fn` (OCP "E4M3", torch.float8_e4m3fn, safetensors "F8_E4M3") has 1 sign, 4 exponent and 3 mantissa
+bits, exponent bias 7, no infinities and a single NaN pattern per sign. Finite values reach ±448; normals go
+down to 2^-6 and subnormals to 2^-9. With 3 mantissa bits neighbouring values are 2^-3 apart relative to their
+exponent, so round-to-nearest has a relative error of at most 2^-4 = 6.25% for normal values and an absolute
+error of at most 2^-10 in the subnormal range. Casting a value beyond ±448 gives NaN, so every quantiser
+here clamps to ±448 before the cast (saturating).
+
+A weight W is stored as W_fp8 = round_e4m3(W / s) with a scale s chosen so that the largest |W| of its group
+(the group's amax) lands on 448:  s = max(amax, AMAX_FLOOR) / 448. Dequantisation is W ≈ W_fp8 * s, so
+elementwise  |W - W_fp8 * s| <= |W| / 16 + s * 2^-10.  The floor keeps all-zero groups finite and positive
+(Ling's converter uses the same 1e-4 floor); non-finite weights are refused, never quantised.
+
+Layouts (W is [N, K] = [out_features, in_features], as nn.Linear stores it)
+--------------------------------------------------------------------------
+  per-tensor   one scale for the whole matrix            scale [1]
+  per-channel  one scale per output row                  scale [N, 1]
+  block        one scale per 128 x 128 tile              scale [ceil(N/128), ceil(K/128)]
+               edge tiles are partial: their amax is taken over the real elements only (equivalent to
+               zero-padding the matrix to a multiple of 128, which is what DeepSeek-V3's format specifies).
+
+`weight_scale_inv`
+------------------
+The native FP8 format (DeepSeek-V3, Ling's `--force-fp8` converter, vLLM/SGLang `quant_method: fp8`) stores
+the block scales as fp32 `<name>.weight_scale_inv`. Despite the name it is the *multiplier*: W ≈ W_fp8 *
+weight_scale_inv (it is the inverse of the quantisation factor 448/amax). compressed-tensors calls the same
+multiplier `weight_scale` and stores it in the model dtype (BF16 here); the quantisers below therefore round
+the scale to its storage dtype first and quantise with the rounded value, so that dequantising with the stored
+scale reproduces exactly what was computed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # torch.finfo(torch.float8_e4m3fn).max
+AMAX_FLOOR = 1e-4
+BLOCK = (128, 128)
+
+
+class NonFiniteError(ValueError):
+    """The tensor to quantise holds NaN or inf (callers turn this into an error naming the tensor)."""
+
+
+def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
+    """amax (any shape) -> fp32 multiplier scale = max(amax, AMAX_FLOOR) / 448."""
+    return amax.float().clamp(min=AMAX_FLOOR) / FP8_MAX
+
+
+def to_fp8(scaled: torch.Tensor) -> torch.Tensor:
+    """Saturating cast of already-scaled values to e4m3 (clamp first: an overflowing cast gives NaN)."""
+    return scaled.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def _check_finite(amax: torch.Tensor) -> None:
+    if not bool(torch.isfinite(amax).all()):
+        raise NonFiniteError("tensor holds NaN or inf values")
+
+
+def _as_2d(w: torch.Tensor) -> torch.Tensor:
+    if w.dim() != 2:
+        raise ValueError(f"expected a 2-D weight [out, in], got shape {list(w.shape)}")
+    return w
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantise
+# ---------------------------------------------------------------------------------------------------------
+def quantize_per_tensor(w: torch.Tensor, scale_dtype: torch.dtype = torch.float32):
+    """w [N, K] -> (q [N, K] e4m3, scale [1] in scale_dtype)."""
+    w32 = _as_2d(w).float()
+    amax = w32.abs().amax()
+    _check_finite(amax)
+    scale = scale_from_amax(amax).reshape(1).to(scale_dtype)
+    return to_fp8(w32 / scale.float()), scale
+
+
+def quantize_per_channel(w: torch.Tensor, scale_dtype: torch.dtype = torch.float32):
+    """w [N, K] -> (q [N, K] e4m3, scale [N, 1] in scale_dtype), one scale per output row."""
+    w32 = _as_2d(w).float()
+    amax = w32.abs().amax(dim=1, keepdim=True)  # [N, 1]
+    _check_finite(amax)
+    scale = scale_from_amax(amax).to(scale_dtype)
+    return to_fp8(w32 / scale.float()), scale
+
+
+def block_scale_shape(shape: tuple[int, ...] | torch.Size, block: tuple[int, int] = BLOCK) -> tuple[int, int]:
+    """[N, K] -> [ceil(N / bn), ceil(K / bk)]."""
+    n, k = shape
+    return math.ceil(n / block[0]), math.ceil(k / block[1])
+
+
+def _padded_tiles(w32: torch.Tensor, block: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+    """Zero-pad [N, K] to whole tiles; return the [R, bn, C, bk] view and the padded sizes."""
+    n, k = w32.shape
+    bn, bk = block
+    rows, cols = block_scale_shape((n, k), block)
+    pad_n, pad_k = rows * bn - n, cols * bk - k
+    if pad_n or pad_k:
+        w32 = F.pad(w32, (0, pad_k, 0, pad_n))
+    return w32.view(rows, bn, cols, bk), rows * bn, cols * bk
+
+
+def quantize_block(w: torch.Tensor, block: tuple[int, int] = BLOCK, scale_dtype: torch.dtype = torch.float32):
+    """w [N, K] -> (q [N, K] e4m3, scale_inv [ceil(N/bn), ceil(K/bk)] in scale_dtype)."""
+    w32 = _as_2d(w).float()
+    n, k = w32.shape
+    tiles, _, _ = _padded_tiles(w32, block)
+    amax = tiles.abs().amax(dim=(1, 3))  # [R, C]; padding zeros never raise an amax
+    _check_finite(amax)
+    scale = scale_from_amax(amax).to(scale_dtype)
+    q = to_fp8(tiles / scale.float()[:, None, :, None])
+    q = q.reshape(tiles.shape[0] * block[0], tiles.shape[2] * block[1])
+    return q[:n, :k].contiguous(), scale
+
+
+# ---------------------------------------------------------------------------------------------------------
+# dequantise
+# ---------------------------------------------------------------------------------------------------------
+def expand_block_scale(scale: torch.Tensor, shape: tuple[int, int], block: tuple[int, int] = BLOCK) -> torch.Tensor:
+    """scale [R, C] -> [N, K]: every element gets its tile's scale."""
+    n, k = shape
+    if tuple(scale.shape) != block_scale_shape((n, k), block):
+        raise ValueError(f"block scale shape {list(scale.shape)} does not fit weight {[n, k]} with block {list(block)}")
+    return scale.repeat_interleave(block[0], dim=0)[:n].repeat_interleave(block[1], dim=1)[:, :k]
+
+
+def infer_layout(q_shape: tuple[int, ...], scale_shape: tuple[int, ...], block: tuple[int, int] | None = BLOCK) -> str:
+    """'tensor' | 'channel' | 'block' from the weight and scale shapes (raises ValueError on a mismatch)."""
+    n, k = q_shape
+    scale_shape = tuple(scale_shape)
+    if scale_shape in ((), (1,)):
+        return "tensor"
+    if scale_shape == (n, 1) and n != 1:
+        return "channel"
+    if block is not None and scale_shape == block_scale_shape((n, k), block):
+        return "block"
+    if scale_shape == (1, 1):
+        return "tensor"
+    raise ValueError(f"scale shape {list(scale_shape)} matches no FP8 layout for weight {[n, k]}")
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, layout: str | None = None, block: tuple[int, int] = BLOCK,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """q [N, K] e4m3 and its scale -> W [N, K] in dtype (computed in fp32, cast once at the end)."""
+    layout = layout or infer_layout(tuple(q.shape), tuple(scale.shape), block)
+    q32, s32 = q.float(), scale.float()
+    if layout == "tensor":
+        out = q32 * s32.reshape(())
+    elif layout == "channel":
+        out = q32 * s32.reshape(-1, 1)
+    elif layout == "block":
+        out = q32 * expand_block_scale(s32, tuple(q.shape), block)
+    else:
+        raise ValueError(f"unknown FP8 layout {layout!r}")
+    return out.to(dtype)
+
+
+def quantize(w: torch.Tensor, layout: str, scale_dtype: torch.dtype = torch.float32, block: tuple[int, int] = BLOCK):
+    """Dispatch on layout: 'tensor' | 'channel' | 'block' -> (q, scale)."""
+    if layout == "tensor":
+        return quantize_per_tensor(w, scale_dtype)
+    if layout == "channel":
+        return quantize_per_channel(w, scale_dtype)
+    if layout == "block":
+        return quantize_block(w, block, scale_dtype)
+    raise ValueError(f"unknown FP8 layout {layout!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# error statistics and activation fake-quantisation (quality report)
+# ---------------------------------------------------------------------------------------------------------
+def error_stats(w: torch.Tensor, w_hat: torch.Tensor) -> dict:
+    """Relative Frobenius error ||W - Ŵ|| / ||W||, max |W - Ŵ| and amax(|W|), as plain floats."""
+    w32, d = w.float(), w.float() - w_hat.float()
+    norm = float(torch.linalg.vector_norm(w32))
+    err = float(torch.linalg.vector_norm(d))
+    return {"rel_err": err / norm if norm > 0 else (0.0 if err == 0 else math.inf),
+            "max_abs_err": float(d.abs().max()) if d.numel() else 0.0,
+            "amax": float(w32.abs().max()) if w32.numel() else 0.0}
+
+
+def fake_quant_per_token(x: torch.Tensor) -> torch.Tensor:
+    """Dynamic per-token activation FP8 (compressed-tensors FP8_DYNAMIC): one scale per row of [..., K]."""
+    x32 = x.float()
+    s = scale_from_amax(x32.abs().amax(dim=-1, keepdim=True))
+    return (to_fp8(x32 / s).float() * s).to(x.dtype)
+
+
+def fake_quant_token_group(x: torch.Tensor, group: int = 128) -> torch.Tensor:
+    """Dynamic per-token, per-`group`-channel activation FP8 (native block FP8, vLLM/SGLang)."""
+    *lead, k = x.shape
+    pad = (-k) % group
+    x32 = F.pad(x.float(), (0, pad)).reshape(*lead, (k + pad) // group, group)
+    s = scale_from_amax(x32.abs().amax(dim=-1, keepdim=True))
+    out = (to_fp8(x32 / s).float() * s).reshape(*lead, k + pad)[..., :k]
+    return out.to(x.dtype)
+
+
+def fake_quant_static(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Static per-tensor activation FP8 with a calibrated input_scale [1]."""
+    s = scale.float().reshape(())
+    return (to_fp8(x.float() / s).float() * s).to(x.dtype)
