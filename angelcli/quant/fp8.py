@@ -6,8 +6,9 @@ The number format
 bits, exponent bias 7, no infinities and a single NaN pattern per sign. Finite values reach ±448; normals go
 down to 2^-6 and subnormals to 2^-9. With 3 mantissa bits neighbouring values are 2^-3 apart relative to their
 exponent, so round-to-nearest has a relative error of at most 2^-4 = 6.25% for normal values and an absolute
-error of at most 2^-10 in the subnormal range. Casting a value beyond ±448 gives NaN, so every quantiser
-here clamps to ±448 before the cast (saturating).
+error of at most 2^-10 in the subnormal range. What a cast does with values beyond ±448 depends on the
+implementation (torch 2.13 on CPU saturates, OCP's non-saturating mode and other converters give NaN), so
+every quantiser here clamps to ±448 itself before the cast.
 
 A weight W is stored as W_fp8 = round_e4m3(W / s) with a scale s chosen so that the largest |W| of its group
 (the group's amax) lands on 448:  s = max(amax, AMAX_FLOOR) / 448. Dequantisation is W ≈ W_fp8 * s, so
@@ -55,7 +56,7 @@ def scale_from_amax(amax: torch.Tensor) -> torch.Tensor:
 
 
 def to_fp8(scaled: torch.Tensor) -> torch.Tensor:
-    """Saturating cast of already-scaled values to e4m3 (clamp first: an overflowing cast gives NaN)."""
+    """Saturating cast of already-scaled values to e4m3 (explicit clamp: overflow handling varies by cast)."""
     return scaled.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 

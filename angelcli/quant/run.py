@@ -306,11 +306,18 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
         if opts.scheme == "block":
             qc = schemes.native_quant_config(cfg, opts.targets)
         else:
-            qc = schemes.compressed_tensors_config("dynamic", schemes.unquantized_linears(cfg, opts.targets))
+            qc = schemes.compressed_tensors_config("dynamic", schemes.ct_ignore(cfg, opts.targets))
         recipe_text, recipe_src = schemes.recipe_yaml(opts.scheme, opts.targets), "equivalent llmcompressor recipe"
         result["shards_skipped"] = skipped
     else:
-        stats, shard_names, qc, recipe_text, recipe_src, calibration = _run_static(src, raw, out, cfg, opts)
+        try:
+            stats, shard_names, qc, recipe_text, recipe_src, calibration = _run_static(src, raw, out, cfg, opts)
+        except BaseException:
+            # a failed calibration leaves nothing behind: a directory this run created goes away entirely
+            shutil.rmtree(out / STATE_DIR / "staging", ignore_errors=True)
+            if state in ("fresh", "replace"):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     config = dict(raw)
     config["quantization_config"] = qc
     atomic_write_json(out / "config.json", config)
@@ -358,12 +365,14 @@ def _run_static(src: Path, raw: dict, out: Path, cfg, opts: QuantOptions):
     for name in shard_names:
         os.replace(staging / name, out / name)
     _check_static_names(out, shard_names, cfg, opts.targets)
+    qc = dict(res.quantization_config)
+    qc["ignore"] = list(qc.get("ignore") or []) + [n for n in schemes.NAME_ONLY_IGNORE if n not in (qc.get("ignore") or [])]
     recipe_src = calibrate.recipe_for(opts.targets)[1]
     calibration = {"source": opts.calib, "samples": res.num_samples, "tokens": res.num_tokens,
                    "all_experts": opts.all_experts, "pipeline": opts.pipeline,
                    "input_scale_min": min(res.input_scales.values()), "input_scale_max": max(res.input_scales.values()),
                    "min_tokens_per_module": min(res.tokens_per_module.values())}
-    return None, shard_names, res.quantization_config, res.recipe, recipe_src, calibration
+    return None, shard_names, qc, res.recipe, recipe_src, calibration
 
 
 def _check_static_names(out: Path, shard_names: list[str], cfg, targets: str) -> None:

@@ -100,8 +100,19 @@ def linear_modules(cfg: ModelConfig) -> list[str]:
 
 
 def unquantized_linears(cfg: ModelConfig, targets: str) -> list[str]:
-    """Linear modules left in high precision, as concrete names (compressed-tensors `ignore`)."""
+    """Linear modules left in high precision, as concrete names."""
     return [m for m in linear_modules(cfg) if not is_target(m + ".weight", targets)]
+
+
+# compressed-tensors' model-free tools (its convert entrypoint, llmcompressor's model_free_ptq) match modules
+# by tensor name only and would take the embedding for a Linear; listing it keeps them right. Engines that
+# build the model (vLLM, SGLang, transformers) never consider an embedding for quantisation anyway.
+NAME_ONLY_IGNORE = ["model.word_embeddings"]
+
+
+def ct_ignore(cfg: ModelConfig, targets: str) -> list[str]:
+    """`ignore` of a compressed-tensors config: every unquantised Linear plus the embedding."""
+    return unquantized_linears(cfg, targets) + NAME_ONLY_IGNORE
 
 
 def native_quant_config(cfg: ModelConfig, targets: str) -> dict:
