@@ -117,3 +117,21 @@ def test_error_stats_zero_weight():
     z = torch.zeros(3, 3)
     assert fp8.error_stats(z, z)["rel_err"] == 0.0
     assert math.isinf(fp8.error_stats(z, torch.ones(3, 3))["rel_err"])
+
+
+@pytest.mark.parametrize("layout", ["tensor", "channel", "block"])
+def test_one_pass_error_stats_equal_dequantised_comparison(layout):
+    w = _w((200, 300), seed=5)
+    q, s, st = fp8.quantize_with_error(w, layout, scale_dtype=torch.bfloat16 if layout != "block" else torch.float32)
+    ref = fp8.error_stats(w, fp8.dequantize(q, s, layout))
+    assert st["rel_err"] == pytest.approx(ref["rel_err"], rel=1e-5)
+    assert st["max_abs_err"] == pytest.approx(ref["max_abs_err"], rel=1e-5)
+    assert st["amax"] == ref["amax"]
+    q2, s2 = fp8.quantize(w.float(), layout, scale_dtype=s.dtype)  # fp32 input is not modified in place
+    assert torch.equal(q2.view(torch.uint8), q.view(torch.uint8)) and torch.equal(s2, s)
+
+
+def test_fp8_table_conversion_matches_cast():
+    q = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn)
+    a, b = fp8.fp8_to_float(q), q.float()
+    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()])

@@ -87,11 +87,10 @@ def _convert_shard(plan: ShardPlan, out_dir: Path, scheme: str, bar, lock: threa
                     w = read_tensor(fh, raw)
                     sdtype = TORCH_DTYPES[schemes.scale_dtype_name(scheme, raw.dtype)]
                     try:
-                        q, s = fp8.quantize(w, layout_kind, scale_dtype=sdtype)
+                        q, s, stats[raw.name] = fp8.quantize_with_error(w, layout_kind, scale_dtype=sdtype)
                     except fp8.NonFiniteError:
                         raise IntegrityError(f"{plan.source}: {raw.name} holds NaN or inf values; "
                                              "refusing to quantise it (the scale would be NaN)") from None
-                    stats[raw.name] = fp8.error_stats(w, fp8.dequantize(q, s, layout_kind))
                     writer.write(raw.name, q)
                     writer.write(schemes.scale_names(scheme, raw.name)["weight"], s)
                     del w, q, s
