@@ -257,3 +257,17 @@ def test_static_needs_tokenizer(tmp_path, calib_file):
     d = write_tiny_checkpoint(tmp_path / "notok", tokenizer=False)
     with pytest.raises(UsageError, match="needs a tokenizer"):
         static(d, tmp_path / "out", calib_file)
+
+
+def test_disk_offload_gives_identical_output_and_leaves_source_untouched(src, static_out, calib_file, tmp_path):
+    import hashlib
+
+    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in src.glob("*.safetensors")}
+    out = tmp_path / "offloaded"
+    r = static(src, out, calib_file, offload="disk")
+    assert r["status"] == "done" and not (out / ".angel-quant").exists()
+    a, b = _tensors(static_out), _tensors(out)
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), k
+    assert before == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in src.glob("*.safetensors")}

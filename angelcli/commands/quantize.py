@@ -20,6 +20,8 @@ def quantize(
     calib: str = typer.Option("medical", "--calib", help="static: medical | PATH (.jsonl/.txt) | hub dataset org/name."),
     num_samples: int = typer.Option(512, "--num-samples", help="static: calibration samples."),
     max_seq_len: int = typer.Option(2048, "--max-seq-len", help="static: tokens per calibration sample (cut)."),
+    offload: str = typer.Option("none", "--offload", help="static: none (model in CPU RAM) | disk (weights stay in the "
+                                                        "source shards; one decoder layer in memory at a time)."),
     workers: int = typer.Option(1, "--workers", "-j", envvar="ANGEL_WORKERS", help="Shards converted concurrently."),
     force: bool = typer.Option(False, "--force", help="Replace an angel output made from other source/options."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan only: sizes and disk check; writes nothing."),
@@ -44,7 +46,7 @@ def quantize(
         raise UsageError("say which format: --fp8 (the only one angel writes)")
     opts = QuantOptions(scheme=scheme, targets=targets, workers=workers, force=force, dry_run=dry_run,
                         report=not no_report, eval=True if run_eval else None, calib=calib, eval_data=eval_data,
-                        num_samples=num_samples, max_seq_len=max_seq_len)
+                        num_samples=num_samples, max_seq_len=max_seq_len, offload=offload)
     results, code = quantize_many(list(models or []), out, out_dir, opts)
     if json_out:
         emit_json(results if len(results) != 1 else results[0])

@@ -185,11 +185,17 @@ def checkpoint_name(module_name: str, attr: str = "weight") -> str:
     return f"{module_name}.{attr}"
 
 
-def build_calib_model(model_dir: Path, raw_config: dict, dtype: torch.dtype = torch.bfloat16):
-    """Build the calibration model from a checkpoint directory, tensor by tensor from CheckpointReader.
+def build_calib_model(model_dir: Path, raw_config: dict, dtype: torch.dtype = torch.bfloat16,
+                      offload_dir: Path | None = None):
+    """Build the calibration model from a checkpoint directory through CheckpointReader.
 
-    Built on the meta device, then every parameter is materialised straight from the memory-mapped shards in
-    `dtype` (expert_bias in fp32). Returns the model in eval mode.
+    Built on the meta device with every parameter in `dtype` (expert_bias fp32), then either
+      * materialised in CPU memory, tensor by tensor from the memory-mapped shards (offload_dir None), or
+      * left on disk (offload_dir given): each parameter becomes a compressed-tensors DiskCache entry that
+        points at the source shard itself (a symlink in offload_dir, nothing copied), so only the decoder
+        layer that llmcompressor's sequential pipeline is running is ever in memory. Tensors llmcompressor
+        updates are written as new files in offload_dir; the source checkpoint is never written to.
+    Returns the model in eval mode.
     """
     from angelcli.errors import IntegrityError
     from angelcli.loader import CheckpointReader
@@ -202,19 +208,43 @@ def build_calib_model(model_dir: Path, raw_config: dict, dtype: torch.dtype = to
         model = AngelBailingForCausalLM(config)
     reader = CheckpointReader(model_dir)
     params = dict(model.named_parameters())
-    for name in reader.tensors:
-        if name not in params:
-            raise IntegrityError(f"{model_dir}: unexpected tensor {name} (no such parameter in BailingMoeV2)")
-        t = reader.get(name)
+    extra = [n for n in reader.tensors if n not in params]
+    if extra:
+        raise IntegrityError(f"{model_dir}: unexpected tensor {extra[0]} (no such parameter in BailingMoeV2)")
+    missing = [n for n in params if n not in reader.tensors]
+    if missing:
+        raise IntegrityError(f"{model_dir}: checkpoint is missing {missing[0]} (and {len(missing) - 1} more)")
+    for name, p in params.items():
+        if tuple(reader.tensors[name].shape) != tuple(p.shape):
+            raise IntegrityError(f"{model_dir}: {name} has shape {list(reader.tensors[name].shape)}, expected {list(p.shape)}")
+    for name, p in params.items():
         want = torch.float32 if name.endswith("expert_bias") else dtype
         mod_name, _, attr = name.rpartition(".")
         module = model.get_submodule(mod_name)
-        if tuple(t.shape) != tuple(params[name].shape):
-            raise IntegrityError(f"{model_dir}: {name} has shape {list(t.shape)}, expected {list(params[name].shape)}")
-        module._parameters[attr] = nn.Parameter(t.to(want).contiguous(), requires_grad=False)
-    left = [n for n, p in model.named_parameters() if p.is_meta]
-    if left:
-        raise IntegrityError(f"{model_dir}: checkpoint is missing {left[0]} (and {len(left) - 1} more)")
+        if offload_dir is None:
+            t = reader.get(name).to(want).contiguous()
+        else:
+            t = torch.empty(p.shape, dtype=want, device="meta")
+        module._parameters[attr] = nn.Parameter(t, requires_grad=False)
+    if offload_dir is not None:
+        _offload_to_checkpoint(model, reader, Path(offload_dir))
     model.model.rotary = Rotary(model.angel_cfg)  # non-persistent buffer: rebuilt off the meta device
     model.eval()
     return model
+
+
+def _offload_to_checkpoint(model, reader, offload_dir: Path) -> None:
+    from compressed_tensors.offload import offload_module
+    from compressed_tensors.offload.cache.disk import DiskCache
+
+    offload_dir.mkdir(parents=True, exist_ok=True)
+    for mod_name, module in model.named_modules():
+        direct = dict(module.named_parameters(recurse=False))
+        if not direct:
+            continue
+        for attr, p in direct.items():
+            name = f"{mod_name}.{attr}"
+            DiskCache.create_checkpoint_symlink(p, {"safetensors_file": str(reader.tensors[name].file),
+                                                    "weight_name": name,
+                                                    "dtype": str(p.dtype).removeprefix("torch.")}, str(offload_dir))
+        offload_module(module, "cpu", "disk", offload_dir=str(offload_dir))

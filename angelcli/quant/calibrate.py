@@ -1,7 +1,8 @@
 """Static FP8 (`--scheme static`): calibrate input scales on data with llmcompressor's oneshot.
 
 Flow (all on angel's own model class, angelcli.quant.calib_model):
-  1. build AngelBailingForCausalLM from the checkpoint (per-expert nn.Linear experts, checkpoint names);
+  1. build AngelBailingForCausalLM from the checkpoint (per-expert nn.Linear experts, checkpoint names), in
+     CPU memory or, with offload_dir, left on disk in the source shards (compressed-tensors DiskCache);
   2. tokenise the calibration samples with the model's chat template (angelcli.quant.calib_data);
   3. count, with forward pre-hooks, how many tokens reach every targeted Linear;
   4. run `oneshot(model, dataset=DataLoader, recipe=recipes/fp8-static-<targets>.yaml, pipeline=sequential,
@@ -92,7 +93,7 @@ def check_calibration(model, targets: str, counts: dict[str, int]) -> dict[str, 
 
 def run_static(src_dir: Path, raw_config: dict, staging: Path, token_ids: list[list[int]], targets: str, *,
                tokenizer=None, all_experts: bool = True, pipeline: str = "sequential",
-               max_shard_size: str = "5GB") -> CalibResult:
+               max_shard_size: str = "5GB", offload_dir: Path | None = None) -> CalibResult:
     """Calibrate and save a static-FP8 compressed-tensors checkpoint into `staging`."""
     os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
     import torch
@@ -105,7 +106,7 @@ def run_static(src_dir: Path, raw_config: dict, staging: Path, token_ids: list[l
         raise UsageError(f"calibration pipeline must be one of {', '.join(PIPELINES)}")
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
         str(raw_config.get("torch_dtype", "bfloat16")).replace("torch.", ""), torch.bfloat16)
-    model = build_calib_model(src_dir, raw_config, dtype=dtype)
+    model = build_calib_model(src_dir, raw_config, dtype=dtype, offload_dir=offload_dir)
     recipe_text, recipe_src = recipe_for(targets)
 
     counts: dict[str, int] = {}

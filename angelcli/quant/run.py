@@ -53,6 +53,7 @@ class QuantOptions:
     eval_samples: int = 32
     all_experts: bool = True
     pipeline: str = "sequential"
+    offload: str = "none"  # static: "none" (model in CPU RAM) | "disk" (weights stay in the source shards)
 
     def fingerprint(self) -> dict:
         fp = {"scheme": self.scheme, "targets": self.targets}
@@ -357,10 +358,19 @@ def _run_static(src: Path, raw: dict, out: Path, cfg, opts: QuantOptions):
     tok = load_tokenizer(src)
     samples = calib_data.load_samples(opts.calib, split="calib")
     ids = calib_data.tokenize_samples(tok, samples, opts.num_samples, opts.max_seq_len)
+    if opts.offload not in ("none", "disk"):
+        raise UsageError(f"--offload must be none or disk (got {opts.offload!r})")
     staging = out / STATE_DIR / "staging"
+    offload_dir = out / STATE_DIR / "offload" if opts.offload == "disk" else None
     shutil.rmtree(staging, ignore_errors=True)
-    res = calibrate.run_static(src, raw, staging, ids, opts.targets, tokenizer=tok,
-                               all_experts=opts.all_experts, pipeline=opts.pipeline)
+    if offload_dir is not None:
+        shutil.rmtree(offload_dir, ignore_errors=True)
+    try:
+        res = calibrate.run_static(src, raw, staging, ids, opts.targets, tokenizer=tok, all_experts=opts.all_experts,
+                                   pipeline=opts.pipeline, offload_dir=offload_dir)
+    finally:
+        if offload_dir is not None:
+            shutil.rmtree(offload_dir, ignore_errors=True)
     shard_names = sorted(p.name for p in staging.glob("*.safetensors"))
     for name in shard_names:
         os.replace(staging / name, out / name)
@@ -369,7 +379,7 @@ def _run_static(src: Path, raw: dict, out: Path, cfg, opts: QuantOptions):
     qc["ignore"] = list(qc.get("ignore") or []) + [n for n in schemes.NAME_ONLY_IGNORE if n not in (qc.get("ignore") or [])]
     recipe_src = calibrate.recipe_for(opts.targets)[1]
     calibration = {"source": opts.calib, "samples": res.num_samples, "tokens": res.num_tokens,
-                   "all_experts": opts.all_experts, "pipeline": opts.pipeline,
+                   "all_experts": opts.all_experts, "pipeline": opts.pipeline, "offload": opts.offload,
                    "input_scale_min": min(res.input_scales.values()), "input_scale_max": max(res.input_scales.values()),
                    "min_tokens_per_module": min(res.tokens_per_module.values())}
     return None, shard_names, qc, res.recipe, recipe_src, calibration
