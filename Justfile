@@ -14,3 +14,7 @@ test *ARGS:
 # Decode tokens/s at context 16 and 1024 on a tiny model (the KV cache keeps the step cost flat)
 bench *ARGS:
     {{py}} -m angelcli.bench_decode {{ARGS}}
+
+# Block-FP8 conversion throughput and peak RSS: angel vs llmcompressor model_free_ptq on a full-width slice
+bench-quantize *ARGS:
+    {{py}} -m angelcli.bench_quantize {{ARGS}}

@@ -289,6 +289,8 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
     free = shutil.disk_usage(_existing_parent(out)).free
     need = out_bytes if state != "resume" else out_bytes - sum(
         (out / p.name).stat().st_size for p in plans if (out / p.name).exists())
+    if opts.scheme == "static" and opts.offload == "disk":
+        need *= 2  # compressed tensors pass through the offload folder before they are saved
     result.update(disk_free_bytes=free, disk_needed_bytes=need, disk_ok=free >= need, state=state)
     if opts.dry_run:
         result.update(status="dry-run", shards=[{"name": p.name, "quantized": len(p.quantized),
