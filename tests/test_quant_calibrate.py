@@ -229,15 +229,13 @@ def test_calib_data_sources_and_rendering(tmp_path, src):
 
     j = tmp_path / "c.jsonl"
     j.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
-                 '\n"plain string"\n{"question": "q?", "answer": "a."}\n{"text": "t"}\n')
+                 '\n{"prompt": "q?", "response": "a."}\n{"text": "t"}\n')
     s = calib_data.load_samples(str(j))
-    assert s[0]["messages"][1]["content"] == "hello" and s[1] == {"text": "plain string"}
-    assert s[2]["messages"][0] == {"role": "user", "content": "q?"} and s[3] == {"text": "t"}
+    assert s[0]["messages"][1]["content"] == "hello"
+    assert s[1]["messages"][0] == {"role": "user", "content": "q?"} and s[2] == {"text": "t"}
     t = tmp_path / "c.txt"
     t.write_text("first para\nline two\n\nsecond para\n")
     assert [x["text"] for x in calib_data.load_samples(str(t))] == ["first para\nline two", "second para"]
-    t.write_text("a\nb\n")
-    assert len(calib_data.load_samples(str(t))) == 2
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n')
     with pytest.raises(UsageError, match=r"bad\.jsonl:2"):
         calib_data.load_samples(str(tmp_path / "bad.jsonl"))
@@ -246,10 +244,13 @@ def test_calib_data_sources_and_rendering(tmp_path, src):
         calib_data.load_samples(str(tmp_path / "empty.txt"))
     with pytest.raises(UsageError, match="no such file"):
         calib_data.load_samples("nope.jsonl")
+    builtin = calib_data.load_samples("medical", split="calib")
+    assert len(builtin) > 10 and all("messages" in x or "text" in x for x in builtin)
     tok = load_tokenizer(src)
     text = calib_data.render(tok, {"text": "fever"})
     assert "<role>HUMAN</role>" in text and "fever" in text and text.rstrip().endswith("<role>ASSISTANT</role>")
     ids = calib_data.tokenize_samples(tok, s * 5, num_samples=3, max_seq_len=8)
+    assert calib_data.tokenize_samples(tok, builtin, 4, 4096) and len(calib_data.render(tok, builtin[0])) > 0
     assert len(ids) == 3 and all(2 <= len(x) <= 8 for x in ids)
 
 

@@ -2,9 +2,8 @@
 
 `--calib` (and `--eval-data`) accept:
   medical       the built-in medical corpus (angelcli.data, `load_split('calib')` / `load_split('eval')`)
-  PATH          a .jsonl file (one sample per line: {"messages": [...]}, {"prompt": ..., "response": ...},
-                {"text": ...} or a JSON string) or a .txt file (samples separated by blank lines; a file
-                without blank lines is one sample per line)
+  PATH          a .jsonl file (one sample per line: {"messages": [...]}, {"prompt": ..., "response": ...} or
+                {"text": ...}) or a .txt file (one sample per paragraph), read by angelcli.data.read_user_data
   NAME          a dataset on the Hugging Face hub (`org/name`, needs network): a `messages` column, else
                 `prompt`/`response`, else `text`
 Every sample is rendered with the model's own chat template (a plain text becomes a user turn followed by the
@@ -14,7 +13,6 @@ template already has them) and cut to `max_seq_len` tokens.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from angelcli.errors import UsageError
@@ -41,22 +39,10 @@ def _normalise(item, where: str) -> dict:
 
 
 def _read_file(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path}: cannot read calibration file ({err})") from None
-    if path.suffix in (".jsonl", ".json"):
-        out = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(_normalise(json.loads(line), f"{path}:{i}"))
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-        return out
-    blocks = [b.strip() for b in text.split("\n\n")] if "\n\n" in text else [ln.strip() for ln in text.splitlines()]
-    return [{"text": b} for b in blocks if b]
+    """A user's .jsonl / .txt through the project's data reader (same formats and errors as every verb)."""
+    from angelcli.data import read_user_data
+
+    return read_user_data(path)
 
 
 def _read_builtin(split: str) -> list[dict]:
