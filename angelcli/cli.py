@@ -22,6 +22,11 @@ from angelcli.errors import EXIT_INTERRUPTED, AngelError
 COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
     ("chat", "angelcli.commands.chat:chat"),
+    ("kernels", "angelcli.commands.kernels:kernels"),
+    ("pull", "angelcli.commands.pull:pull"),
+    ("list", "angelcli.commands.list:list_models"),
+    ("show", "angelcli.commands.show:show"),
+    ("rm", "angelcli.commands.rm:rm"),
     ("quantize", "angelcli.commands.quantize:quantize"),
 ]
 
