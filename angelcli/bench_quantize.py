@@ -7,7 +7,7 @@ the same run and on the same shards:
   * angel `quantize --fp8 --scheme block --targets experts`, --workers 1 and --workers N;
   * llmcompressor `model_free_ptq(scheme="FP8_BLOCK")` with the same tensor selection, max_workers 1 and N.
 Each conversion runs in a fresh child process with the shards evicted from the page cache first; it reports its
-wall time (import excluded) and its peak RSS (ru_maxrss). No absolute targets: the table compares the tools.
+wall time (import excluded) and its peak resident set (VmHWM of the child's own image). No absolute targets: the table compares the tools.
 
     python -m angelcli.bench_quantize [--dir D] [--experts 256] [--vocab 157184] [--shard-gb 2] [--workers 2] [--json]
 """
@@ -97,7 +97,7 @@ def read_bandwidth(paths: list[Path]) -> float:
 
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 kind, src, out, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if kind == "angel":
     from pathlib import Path
@@ -113,7 +113,9 @@ else:
     t0 = time.perf_counter()
     model_free_ptq(src, out, scheme="FP8_BLOCK", ignore=json.loads(sys.argv[5]), max_workers=workers, device="cpu")
 dt = time.perf_counter() - t0
-print(json.dumps({"seconds": dt, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM: this process image's own peak (ru_maxrss would also count the parent's image inherited at fork)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"seconds": dt, "peak_rss_bytes": hwm * 1024}))
 """
 
 
@@ -137,8 +139,11 @@ def run_child(kind: str, src: Path, out: Path, workers: int) -> dict:
 def bench(root: Path, experts: int, vocab: int, shard_gb: float, workers: int) -> dict:
     src = root / "slice"
     if not (src / "config.json").exists():
-        t0 = time.perf_counter()
-        write_slice(src, experts, vocab, int(shard_gb * (1 << 30)))
+        t0 = time.perf_counter()  # in a child, so this process stays small (its children fork from it)
+        subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from angelcli.bench_quantize "
+                        "import write_slice; write_slice(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), "
+                        "int(sys.argv[4]))", str(src), str(experts), str(vocab), str(int(shard_gb * (1 << 30)))],
+                       check=True)
         print(f"wrote slice checkpoint in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     shards = sorted(src.glob("*.safetensors"))
     src_bytes = sum(p.stat().st_size for p in shards)

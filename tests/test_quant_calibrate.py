@@ -272,3 +272,16 @@ def test_disk_offload_gives_identical_output_and_leaves_source_untouched(src, st
     for k in a:
         assert torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), k
     assert before == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in src.glob("*.safetensors")}
+
+
+def test_static_output_loads_in_angels_fp8_loader(static_out):
+    from angelcli.loader import load_model
+    from angelcli.quant.dequant import load_dequantized_model
+    from angelcli.quant.report import install_activation_quant
+
+    model, cfg, _ = load_model(static_out, dtype=torch.float32)
+    ref, _, reader = load_dequantized_model(static_out, dtype=torch.float32)
+    install_activation_quant(ref, reader, kind="block")  # angel's engine quantises activations dynamically
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    a, b = model(ids).logits, ref(ids).logits
+    assert ((a - b).norm() / b.norm()).item() < 1e-4

@@ -351,3 +351,26 @@ def test_cli_json_batch_and_exit_codes(aligned, tmp_path, capsys):
     assert code == 2 and "--scheme" in io.err
     code, io = cli("quantize", str(aligned), "--fp8", "--dry-run", "--json", "--out", str(tmp_path / "z"))
     assert code == 0 and json.loads(io.out)["status"] == "dry-run" and not (tmp_path / "z").exists()
+
+
+@pytest.mark.parametrize("scheme", ["block", "dynamic"])
+def test_outputs_load_in_angels_fp8_loader(aligned, tmp_path, scheme):
+    """angel's own FP8 loader (load_model) takes both layouts and computes what the dequantised view computes
+    with per-token x 128-channel activation quantisation (the engine's scheme for every FP8 format)."""
+    from angelcli.engine import Engine
+    from angelcli.engine.sampling import SamplingParams
+    from angelcli.loader import load_model
+    from angelcli.quant.dequant import load_dequantized_model
+    from angelcli.quant.report import install_activation_quant
+
+    out = tmp_path / scheme
+    run(aligned, out, scheme=scheme, targets="all")
+    model, cfg, _ = load_model(out, dtype=torch.float32)
+    ref, _, reader = load_dequantized_model(out, dtype=torch.float32)
+    install_activation_quant(ref, reader, kind="block")
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 250, 11]])
+    a, b = model(ids).logits, ref(ids).logits
+    assert ((a - b).norm() / b.norm()).item() < 1e-4
+    toks = [s.token_id for s in Engine(model, cfg, device="cpu", max_seq_len=32).generate(
+        [5, 17, 42], SamplingParams(temperature=0.0, max_new_tokens=3))]
+    assert len(toks) == 3

@@ -65,13 +65,16 @@ def _fq(kind: str, scale=None):
     return lambda x: fp8.fake_quant_static(x, scale)
 
 
-def install_activation_quant(model, reader) -> int:
-    """Quantise the inputs of every FP8 linear of `model` as the FP8 engine would; returns how many."""
+def install_activation_quant(model, reader, kind: str | None = None) -> int:
+    """Quantise the inputs of every FP8 linear of `model` as the FP8 engine would; returns how many.
+
+    kind: override the activation scheme ('block' = per token x 128 channels, 'dynamic' = per token, 'static');
+    default: the checkpoint's own (reader.scheme)."""
     import torch
     import torch.nn.functional as F
 
     quantized = set(reader.quantized)
-    scheme = reader.scheme
+    scheme = kind or reader.scheme
     n = 0
 
     def static_scale(weight_names: list[str]):
