@@ -216,7 +216,7 @@ def test_resume_after_interrupted_run(edge, tmp_path, monkeypatch):
 
     monkeypatch.setattr(stream, "_after_shard", die)
     with pytest.raises(KeyboardInterrupt):
-        run(edge, out)
+        run(edge, out, workers=1)
     assert calls == ["model-00001-of-00003.safetensors"]
     assert (out / "model-00001-of-00003.safetensors").exists()
     assert not (out / "model-00002-of-00003.safetensors").exists() and not (out / "manifest.json").exists()

@@ -22,7 +22,8 @@ def quantize(
     max_seq_len: int = typer.Option(2048, "--max-seq-len", help="static: tokens per calibration sample (cut)."),
     offload: str = typer.Option("none", "--offload", help="static: none (model in CPU RAM) | disk (weights stay in the "
                                                         "source shards; one decoder layer in memory at a time)."),
-    workers: int = typer.Option(1, "--workers", "-j", envvar="ANGEL_WORKERS", help="Shards converted concurrently."),
+    workers: int = typer.Option(0, "--workers", "-j", envvar="ANGEL_WORKERS",
+                                help="Shards converted concurrently, one core each (0 = one per core, at most 8)."),
     force: bool = typer.Option(False, "--force", help="Replace an angel output made from other source/options."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan only: sizes and disk check; writes nothing."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the quality report."),

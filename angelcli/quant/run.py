@@ -41,7 +41,7 @@ AUTO_EVAL_BYTES = 1 << 30  # models up to 1 GiB of weights get the model compari
 class QuantOptions:
     scheme: str = schemes.DEFAULT_SCHEME
     targets: str = schemes.DEFAULT_TARGETS
-    workers: int = 1
+    workers: int = 0  # 0: one per CPU core (at most 8)
     force: bool = False
     dry_run: bool = False
     report: bool = True

@@ -10,12 +10,13 @@ Crash safety and resume: a shard is written to `.<name>.partial` and renamed whe
 done-record with its per-tensor error statistics is written to `<out>/.angel-quant/done/<name>.json`. A rerun
 with the same source and options skips every shard whose record and output file (of the recorded size) exist;
 stray `.partial` files from a killed run are removed. `--workers N` converts N shards concurrently (threads:
-file I/O and torch kernels release the GIL).
+file I/O and torch kernels release the GIL), each on one intra-op thread; 0 = one per core (at most 8).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from angelcli.quant import schemes
 from angelcli.quant.st_io import ShardWriter, nbytes_of, read_layout
 
 STATE_DIR = ".angel-quant"
+MAX_AUTO_WORKERS = 8
 FLOAT_WEIGHTS = {"BF16", "F16", "F32"}
 
 # Test hook: called with the shard name after each shard is committed (tests raise here to simulate a kill).
@@ -126,10 +128,12 @@ def convert(plans: list[ShardPlan], out_dir: Path, scheme: str, workers: int = 1
     """Convert every planned shard not already done. Returns (done-records in plan order, shards skipped)."""
     from angelcli.console import log, progress
 
+    import torch
+
     if scheme not in ("block", "dynamic"):
         raise UsageError(f"--scheme {scheme} is not data-free (use the calibration path)")
-    if workers < 1:
-        raise UsageError("--workers must be >= 1")
+    if workers < 0:
+        raise UsageError("--workers must be >= 1 (or 0 for one per CPU core)")
     for stray in out_dir.glob(".*.partial"):
         stray.unlink(missing_ok=True)  # left by a killed run; the shard will be redone
     records: dict[str, dict] = {}
@@ -144,7 +148,23 @@ def convert(plans: list[ShardPlan], out_dir: Path, scheme: str, workers: int = 1
     if skipped:
         log(f"resuming: {skipped} of {len(plans)} shards already converted")
     total = sum(raw.nbytes for p in todo for raw in read_layout(p.source)[0])
+    if workers == 0:
+        workers = max(1, min(os.cpu_count() or 1, MAX_AUTO_WORKERS, len(todo)))
     lock = threading.Lock()
+    # Parallelism is across shards: each worker runs its kernels on one intra-op thread. Elementwise kernels on
+    # 16-64 MB tensors gain little from intra-op threads, and spinning intra-op pools on a busy machine were
+    # measured 4x slower than one thread (docs/benchmarks.md).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(todo, plans, records, out_dir, scheme, workers, total, lock), skipped
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(todo, plans, records, out_dir, scheme, workers, total, lock) -> list[dict]:
+    from angelcli.console import progress
+
     with progress(f"fp8 {scheme}", total=total, unit="B") as bar:
         if workers == 1 or len(todo) <= 1:
             for plan in todo:
@@ -162,4 +182,4 @@ def convert(plans: list[ShardPlan], out_dir: Path, scheme: str, workers: int = 1
                     records[rec["file"]] = rec
                     if _after_shard is not None:
                         _after_shard(rec["file"])
-    return [records[p.name] for p in plans], skipped
+    return [records[p.name] for p in plans]
