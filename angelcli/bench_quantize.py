@@ -1,13 +1,15 @@
-"""Block-FP8 conversion throughput: angel's streaming converter vs llmcompressor's model_free_ptq (`just bench-quantize`).
+"""Block-FP8 conversion throughput: angel's converter vs llmcompressor's model_free_ptq (`just bench-quantize`).
 
 Writes a full-width slice checkpoint with the fixtures' tensor names (hidden 4096, moe_intermediate 1024, 256
 experts, 32/4 heads of 128, one dense + one MoE layer; vocabulary configurable) in shards of --shard-gb, then in
 the same run and on the same shards:
   * disk read bandwidth: every shard read once sequentially after evicting it from the page cache;
   * angel `quantize --fp8 --scheme block --targets experts`, --workers 1 and --workers N;
-  * llmcompressor `model_free_ptq(scheme="FP8_BLOCK")` with the same tensor selection, max_workers 1 and N.
+  * llmcompressor `model_free_ptq(scheme="FP8_BLOCK")` with the same tensor selection, max_workers 1 and N, with
+    torch's default intra-op threads and with one intra-op thread (what angel's converter uses per worker).
 Each conversion runs in a fresh child process with the shards evicted from the page cache first; it reports its
-wall time (import excluded) and its peak resident set (VmHWM of the child's own image). No absolute targets: the table compares the tools.
+wall time (import excluded) and its peak resident set (VmHWM of the child's own image). No absolute targets: the
+table compares the tools.
 
     python -m angelcli.bench_quantize [--dir D] [--experts 256] [--vocab 157184] [--shard-gb 2] [--workers 2] [--json]
 """
@@ -32,7 +34,8 @@ def slice_config(experts: int, vocab: int) -> dict:
 
     return tiny_config(vocab_size=vocab, hidden_size=4096, intermediate_size=9216, num_hidden_layers=2,
                        num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=experts,
-                       num_experts_per_tok=8, n_group=8 if experts % 8 == 0 else 1, topk_group=4 if experts % 8 == 0 else 1,
+                       num_experts_per_tok=8, n_group=8 if experts % 8 == 0 else 1,
+                       topk_group=4 if experts % 8 == 0 else 1,
                        moe_intermediate_size=1024, moe_shared_expert_intermediate_size=1024, first_k_dense_replace=1)
 
 
@@ -109,6 +112,9 @@ if kind == "angel":
 else:
     import os
     os.environ["LLM_COMPRESSOR_LOG_LEVEL"] = "ERROR"
+    import torch
+    if kind == "mfp-1t":
+        torch.set_num_threads(1)  # same kernel threading as angel uses
     from llmcompressor import model_free_ptq
     t0 = time.perf_counter()
     model_free_ptq(src, out, scheme="FP8_BLOCK", ignore=json.loads(sys.argv[5]), max_workers=workers, device="cpu")
@@ -132,7 +138,9 @@ def run_child(kind: str, src: Path, out: Path, workers: int) -> dict:
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     out_bytes = sum(f.stat().st_size for f in out.glob("*.safetensors"))
     shutil.rmtree(out, ignore_errors=True)
-    return {"tool": "angel quantize" if kind == "angel" else "llmcompressor model_free_ptq", "workers": workers,
+    tool = {"angel": "angel quantize", "mfp": "llmcompressor model_free_ptq",
+            "mfp-1t": "llmcompressor model_free_ptq, 1 intra-op thread"}[kind]
+    return {"tool": tool, "workers": workers,
             **res, "output_bytes": out_bytes}
 
 
@@ -147,10 +155,11 @@ def bench(root: Path, experts: int, vocab: int, shard_gb: float, workers: int) -
         print(f"wrote slice checkpoint in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     shards = sorted(src.glob("*.safetensors"))
     src_bytes = sum(p.stat().st_size for p in shards)
-    res = {"source_bytes": src_bytes, "shards": len(shards), "largest_shard_bytes": max(p.stat().st_size for p in shards),
-           "experts": experts, "vocab": vocab, "cpus": os.cpu_count(), "read_bandwidth_Bps": read_bandwidth(shards), "runs": []}
+    res = {"source_bytes": src_bytes, "shards": len(shards),
+           "largest_shard_bytes": max(p.stat().st_size for p in shards), "experts": experts, "vocab": vocab,
+           "cpus": os.cpu_count(), "read_bandwidth_Bps": read_bandwidth(shards), "runs": []}
     for w in sorted({1, workers}):
-        for kind in ("angel", "mfp"):
+        for kind in ("angel", "mfp", "mfp-1t"):
             r = run_child(kind, src, root / f"out-{kind}-{w}", w)
             r["throughput_Bps"] = src_bytes / r["seconds"]
             r["rss_over_largest_shard"] = r["peak_rss_bytes"] / res["largest_shard_bytes"]
@@ -164,7 +173,8 @@ def markdown(res: dict) -> str:
     lines = [f"source {res['source_bytes'] / 1e9:.2f} GB in {res['shards']} shards (largest "
              f"{res['largest_shard_bytes'] / 1e9:.2f} GB), {res['cpus']} CPUs, cold-cache disk read "
              f"{res['read_bandwidth_Bps'] / 1e6:.0f} MB/s", "",
-             "| tool | workers | seconds | throughput MB/s | peak RSS GB | RSS / largest shard |", "|---|---|---|---|---|---|"]
+             "| tool | workers | seconds | throughput MB/s | peak RSS GB | RSS / largest shard |",
+             "|---|---|---|---|---|---|"]
     for r in res["runs"]:
         lines.append(f"| {r['tool']} | {r['workers']} | {r['seconds']:.1f} | {r['throughput_Bps'] / 1e6:.0f} | "
                      f"{r['peak_rss_bytes'] / 1e9:.2f} | {r['rss_over_largest_shard']:.2f} |")

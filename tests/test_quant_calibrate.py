@@ -32,7 +32,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def calib_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("calib") / "calib.jsonl"
-    rows = [{"text": t} if i % 2 else {"prompt": t, "response": "Please consult a clinician."} for i, t in enumerate(TEXTS)]
+    rows = [{"text": t} if i % 2 else {"prompt": t, "response": "Please consult a clinician."}
+            for i, t in enumerate(TEXTS)]
     p.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
     return p
 
@@ -58,7 +59,8 @@ def collapsed(tmp_path_factory):
 
 def static(src, out, calib, **kw):
     kw.setdefault("report", False)
-    return quantize_one(str(src), out, QuantOptions(scheme="static", calib=str(calib), num_samples=6, max_seq_len=64, **kw))
+    opts = QuantOptions(scheme="static", calib=str(calib), num_samples=6, max_seq_len=64, **kw)
+    return quantize_one(str(src), out, opts)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,8 @@ def test_static_layout_config_and_scales(src, static_out):
             w = out_t[name].float() * out_t[base + ".weight_scale"].float()
             assert ((w - t.float()).norm() / t.float().norm()).item() < 0.035
         else:
-            assert t.dtype == out_t[name].dtype and torch.equal(t.view(torch.uint8), out_t[name].view(torch.uint8)), name
+            assert t.dtype == out_t[name].dtype, name
+            assert torch.equal(t.view(torch.uint8), out_t[name].view(torch.uint8)), name
     assert set(out_t) == want
     # all experts saw every token: gate/up inputs are the same tensor for every expert of a layer
     for layer in (1, 2):
@@ -120,7 +123,8 @@ def test_static_output_roundtrips_through_compressed_tensors_and_dequant_reader(
     # process(), not validate(): compressed-tensors dequantises weights only and (by design) leaves the
     # activation input_scale tensors in place, which its validate() then reports as residual
     deq = CompressedTensorsDequantizer(static_out, dtype=torch.float32).process(_tensors(static_out))
-    assert set(deq) - set(src_t) == {n[: -len("weight")] + "input_scale" for n in src_t if schemes.is_target(n, "experts")}
+    inputs = {n[: -len("weight")] + "input_scale" for n in src_t if schemes.is_target(n, "experts")}
+    assert set(deq) - set(src_t) == inputs
     reader = DequantReader(static_out)
     assert reader.scheme == "static" and len(reader.input_scale_of) == 54
     for name, t in src_t.items():
@@ -134,7 +138,8 @@ def test_static_output_roundtrips_through_compressed_tensors_and_dequant_reader(
 
 def test_uncalibrated_experts_detected_then_fixed_by_all_experts(collapsed, calib_file, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(CheckFailed, match=r"received no calibration tokens \(first: model\.layers\.1\.mlp\.experts\.2\.") as e:
+    first = r"received no calibration tokens \(first: model\.layers\.1\.mlp\.experts\.2\."
+    with pytest.raises(CheckFailed, match=first) as e:
         static(collapsed, out, calib_file, all_experts=False)
     assert e.value.exit_code == 1 and not out.exists()  # nothing written, not even the directory
     r = static(collapsed, out, calib_file, all_experts=True)

@@ -55,7 +55,8 @@ def st_dtypes(d: Path) -> dict[str, tuple[str, list]]:
 
 
 def bitexact(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+    return (a.dtype == b.dtype and a.shape == b.shape
+            and torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)))
 
 
 def run(src, out, **kw) -> dict:
@@ -87,7 +88,8 @@ def test_block_experts_exact_native_layout(aligned, tmp_path):
             assert meta[name] == ("F8_E4M3", [n, k])
             assert meta[name + "_scale_inv"] == ("F32", [-(-n // 128), -(-k // 128)])
             expected.add(name + "_scale_inv")
-            w = out_t[name].float() * out_t[name + "_scale_inv"].repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+            s = out_t[name + "_scale_inv"].repeat_interleave(128, 0)[:n].repeat_interleave(128, 1)[:, :k]
+            w = out_t[name].float() * s
             assert ((w - t.float()).norm() / t.float().norm()).item() < 0.035
         else:
             assert bitexact(out_t[name], t), name  # never-quantised tensors are copied byte for byte
@@ -157,7 +159,8 @@ def test_dynamic_compressed_tensors_layout_and_library_roundtrip(edge, tmp_path)
     assert qc["quantization_status"] == "compressed"
     g = qc["config_groups"]["group_0"]
     assert g["targets"] == ["Linear"]
-    assert (g["weights"]["strategy"], g["weights"]["dynamic"], g["weights"]["type"], g["weights"]["num_bits"]) == ("channel", False, "float", 8)
+    wq = g["weights"]
+    assert (wq["strategy"], wq["dynamic"], wq["type"], wq["num_bits"]) == ("channel", False, "float", 8)
     assert (g["input_activations"]["strategy"], g["input_activations"]["dynamic"]) == ("token", True)
     assert "lm_head" in qc["ignore"] and "model.layers.1.mlp.gate" in qc["ignore"]
     assert "model.layers.1.attention.query_key_value" in qc["ignore"]

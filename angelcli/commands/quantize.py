@@ -14,10 +14,13 @@ def quantize(
     scheme: str = typer.Option("block", "--scheme", envvar="ANGEL_QUANT_SCHEME",
                                help="block (native FP8, 128x128 blocks) | dynamic (per-channel, compressed-tensors) "
                                     "| static (per-tensor + calibrated input scales, compressed-tensors)."),
-    targets: str = typer.Option("experts", "--targets", help="experts (routed + shared) | all (+ attention, dense FFN)."),
+    targets: str = typer.Option("experts", "--targets",
+                                help="experts (routed + shared) | all (+ attention, dense FFN)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output directory (one MODEL)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Parent directory: one <name>-FP8[-scheme] per MODEL."),
-    calib: str = typer.Option("medical", "--calib", help="static: medical | PATH (.jsonl/.txt) | hub dataset org/name."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir",
+                                           help="Parent directory: one <name>-FP8[-scheme] per MODEL."),
+    calib: str = typer.Option("medical", "--calib",
+                              help="static: medical | PATH (.jsonl/.txt) | hub dataset org/name."),
     num_samples: int = typer.Option(512, "--num-samples", help="static: calibration samples."),
     max_seq_len: int = typer.Option(2048, "--max-seq-len", help="static: tokens per calibration sample (cut)."),
     offload: str = typer.Option("none", "--offload", help="static: none (model in CPU RAM) | disk (weights stay in the "
@@ -28,7 +31,8 @@ def quantize(
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan only: sizes and disk check; writes nothing."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the quality report."),
     run_eval: bool = typer.Option(False, "--eval", help="Run the BF16 vs FP8 model comparison even on large models."),
-    eval_data: Optional[str] = typer.Option(None, "--eval-data", help="Held-out data for the report (default: medical eval split)."),
+    eval_data: Optional[str] = typer.Option(None, "--eval-data",
+                                            help="Held-out data for the report (default: medical eval split)."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Convert BF16 checkpoints to FP8 (experts by default), verified, resumable, with a quality report.
@@ -63,7 +67,8 @@ def quantize(
 def _summary(r: dict) -> str:
     if r.get("status") == "error":
         return f"{r['model']}: error: {r['error']}"
-    head = f"{r['model']} -> {r['output']}: {r['status']} (fp8 {r['scheme']}, {r['targets']}, {r['quantized_tensors']} tensors"
+    head = (f"{r['model']} -> {r['output']}: {r['status']} (fp8 {r['scheme']}, {r['targets']}, "
+            f"{r['quantized_tensors']} tensors")
     if r.get("status") == "dry-run":
         return (f"{head}; {r['source_bytes'] / 1e9:.3f} GB -> {r['output_bytes'] / 1e9:.3f} GB, "
                 f"disk {'ok' if r['disk_ok'] else 'TOO SMALL'}: {r['disk_free_bytes'] / 1e9:.1f} GB free)")

@@ -35,7 +35,8 @@ def _normalise(item, where: str) -> dict:
             return {"text": item["text"]}
         if isinstance(prompt, str):
             return {"text": prompt}
-    raise UsageError(f"{where}: sample is neither text nor messages (keys: {sorted(item) if isinstance(item, dict) else type(item).__name__})")
+    what = sorted(item) if isinstance(item, dict) else type(item).__name__
+    raise UsageError(f"{where}: sample is neither text nor messages (keys: {what})")
 
 
 def _read_file(path: Path) -> list[dict]:

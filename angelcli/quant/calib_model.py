@@ -216,7 +216,8 @@ def build_calib_model(model_dir: Path, raw_config: dict, dtype: torch.dtype = to
         raise IntegrityError(f"{model_dir}: checkpoint is missing {missing[0]} (and {len(missing) - 1} more)")
     for name, p in params.items():
         if tuple(reader.tensors[name].shape) != tuple(p.shape):
-            raise IntegrityError(f"{model_dir}: {name} has shape {list(reader.tensors[name].shape)}, expected {list(p.shape)}")
+            got = list(reader.tensors[name].shape)
+            raise IntegrityError(f"{model_dir}: {name} has shape {got}, expected {list(p.shape)}")
     for name, p in params.items():
         want = torch.float32 if name.endswith("expert_bias") else dtype
         mod_name, _, attr = name.rpartition(".")

@@ -16,9 +16,9 @@ Flow (all on angel's own model class, angelcli.quant.calib_model):
   6. save with llmcompressor's compressed save (compressed-tensors `float-quantized`) into a staging directory;
      angelcli.quant.run moves the shards into place and writes config, index and manifest.
 
-llmcompressor emits its own log lines; they go to stderr at WARNING level unless LLM_COMPRESSOR_LOG_LEVEL says
-otherwise. Threads: oneshot on a small CPU is much faster with one intra-op thread per process for tiny
-layers (oversubscription), so `torch.set_num_threads` is left to the caller.
+llmcompressor's log lines go to stderr at ERROR level unless LLM_COMPRESSOR_LOG_LEVEL says otherwise.
+Threads: on a small busy CPU oneshot is much faster with one intra-op thread (oversubscription); that is left to
+the caller (`torch.set_num_threads`, OMP_NUM_THREADS).
 """
 
 from __future__ import annotations
@@ -95,7 +95,12 @@ def run_static(src_dir: Path, raw_config: dict, staging: Path, token_ids: list[l
                tokenizer=None, all_experts: bool = True, pipeline: str = "sequential",
                max_shard_size: str = "5GB", offload_dir: Path | None = None) -> CalibResult:
     """Calibrate and save a static-FP8 compressed-tensors checkpoint into `staging`."""
-    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "WARNING")
+    # llmcompressor's own warnings are either harmless here ("No accelerator available", CPU runs) or checked by
+    # angel itself (uncalibrated modules); LLM_COMPRESSOR_LOG_LEVEL=WARNING shows them again.
+    os.environ.setdefault("LLM_COMPRESSOR_LOG_LEVEL", "ERROR")
+    import logging
+    import warnings
+
     import torch
     from torch.utils.data import DataLoader
 
@@ -131,16 +136,23 @@ def run_static(src_dir: Path, raw_config: dict, staging: Path, token_ids: list[l
     staging.mkdir(parents=True, exist_ok=True)
     recipe_path = staging / "recipe-in.yaml"
     recipe_path.write_text(recipe_text, encoding="utf-8")
+    fx_log = logging.getLogger("torch.fx._symbolic_trace")
+    fx_level = fx_log.level
+    fx_log.setLevel(logging.ERROR)  # "is_fx_tracing will return true for both ..." on every traced run
     try:
         model = oneshot(model=model, recipe=str(recipe_path), dataset=DataLoader(batches, batch_size=None),
                         processor=tokenizer, num_calibration_samples=len(batches), pipeline=pipeline,
                         moe_calibrate_all_experts=all_experts, shuffle_calibration_samples=False)
     finally:
+        fx_log.setLevel(fx_level)
         for h in hooks:
             h.remove()
         recipe_path.unlink(missing_ok=True)
     scales = check_calibration(model, targets, counts)
-    model.save_pretrained(str(staging), save_compressed=True, max_shard_size=max_shard_size)
+    with warnings.catch_warnings():
+        # the sequential pipeline leaves modules "offloaded" to the CPU they live on; saving them is fine
+        warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
+        model.save_pretrained(str(staging), save_compressed=True, max_shard_size=max_shard_size)
     saved = json.loads((staging / "config.json").read_text(encoding="utf-8"))
     qc = saved.get("quantization_config")
     if not qc or qc.get("quant_method") != "compressed-tensors":

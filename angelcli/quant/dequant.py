@@ -43,10 +43,13 @@ class DequantReader:
                 raise IntegrityError(f"{self.dir}/config.json: compressed-tensors config without a weights scheme")
             w, a = group["weights"], group.get("input_activations") or {}
             if w.get("type") != "float" or w.get("num_bits") != 8:
-                raise UsageError(f"{self.dir}: compressed-tensors weights are {w.get('type')}{w.get('num_bits')}, not FP8")
+                kind = f"{w.get('type')}{w.get('num_bits')}"
+                raise UsageError(f"{self.dir}: compressed-tensors weights are {kind}, not FP8")
             self.block = tuple(w.get("block_structure") or (128, 128))
             strategy = w.get("strategy")
-            self.scheme = {"block": "block", "channel": "dynamic", "tensor": "static" if a and not a.get("dynamic") else "dynamic"}.get(strategy, strategy)
+            static_in = bool(a) and not a.get("dynamic")
+            self.scheme = {"block": "block", "channel": "dynamic",
+                           "tensor": "static" if static_in else "dynamic"}.get(strategy, strategy)
             self.weight_strategy = strategy
         else:
             raise UsageError(f"{self.dir}: quant_method {self.method!r} is not FP8 (fp8 | compressed-tensors)")
@@ -121,7 +124,8 @@ def load_dequantized_model(model_dir: str | Path, dtype=None, device: str = "cpu
     import torch
     from torch import nn
 
-    from angelcli.model.bailing import BailingMoeForCausalLM, expected_checkpoint_names, expected_shape, map_checkpoint_name
+    from angelcli.model.bailing import (BailingMoeForCausalLM, expected_checkpoint_names, expected_shape,
+                                        map_checkpoint_name)
     from angelcli.model.layers import Rotary
 
     dtype = dtype or torch.float32
@@ -142,7 +146,8 @@ def load_dequantized_model(model_dir: str | Path, dtype=None, device: str = "cpu
     for name in expected:
         want = expected_shape(cfg, name)
         if tuple(reader.reader.tensors[name].shape) != want:
-            raise IntegrityError(f"{model_dir}: {name} has shape {list(reader.reader.tensors[name].shape)}, expected {list(want)}")
+            got = list(reader.reader.tensors[name].shape)
+            raise IntegrityError(f"{model_dir}: {name} has shape {got}, expected {list(want)}")
         pname, expert, part = map_checkpoint_name(name)
         t = reader.get(name, dtype=dtype)
         tdtype = torch.float32 if pname.endswith("expert_bias") else dtype

@@ -96,7 +96,8 @@ def install_activation_quant(model, reader, kind: str | None = None) -> int:
             continue
         E = experts.w13.shape[0]
         if scheme == "static":
-            fq_in = _fq("static", static_scale([f"{base}.{e}.{p}_proj.weight" for e in range(E) for p in ("gate", "up")]))
+            w13 = [f"{base}.{e}.{p}_proj.weight" for e in range(E) for p in ("gate", "up")]
+            fq_in = _fq("static", static_scale(w13))
             fq_mid = _fq("static", static_scale([f"{base}.{e}.down_proj.weight" for e in range(E)]))
         else:
             fq_in = fq_mid = _fq(scheme)

@@ -17,23 +17,21 @@ quantize_one(MODEL, out, opts) does, in order:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from angelcli.errors import AngelError, IntegrityError, ResourceError, UsageError
-from angelcli.fsutil import atomic_path, atomic_write_json
+from angelcli.fsutil import atomic_write_json
 from angelcli.quant import schemes
+from angelcli.quant.output import (MANIFEST_FORMAT, MANIFEST_NAME, copy_side_files, existing_parent, output_state,
+                                   prepare, read_json, source_fingerprint, source_identity, tool_versions,
+                                   write_index)
 from angelcli.quant.stream import STATE_DIR
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "angel-quant-manifest/1"
-SKIP_COPY = {"config.json", "model.safetensors.index.json", MANIFEST_NAME, "recipe.yaml", "quant_report.json"}
 AUTO_EVAL_BYTES = 1 << 30  # models up to 1 GiB of weights get the model comparison without --eval
 
 
@@ -84,134 +82,6 @@ def open_source(spec: str | None):
     if not inventory.ok:
         raise IntegrityError(f"{src}: checkpoint does not match config.json: {inventory.summary()}")
     return src, cfg, raw, reader
-
-
-def source_fingerprint(src: Path, files: list[Path]) -> str:
-    """sha256 over config.json and every shard's name, size and header (cheap; identifies the content)."""
-    h = hashlib.sha256((src / "config.json").read_bytes())
-    for f in files:
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            h.update(f"{f.name}:{f.stat().st_size}:".encode())
-            h.update(fh.read(n))
-    return h.hexdigest()
-
-
-def source_identity(src: Path) -> dict:
-    """Where the source came from: store repo / revision / commit when known, else an HF cache snapshot id."""
-    info: dict = {"path": str(src)}
-    try:
-        from angelcli import store
-
-        for m in store.list_manifests():
-            if Path(m.dir).resolve() == src.resolve():
-                info.update(repo=m.repo, revision=m.revision, commit=m.commit)
-                break
-    except Exception:  # noqa: BLE001 - the store is optional here; identity falls back to the path
-        pass
-    if "commit" not in info:
-        m = re.search(r"/snapshots/([0-9a-f]{40})(/|$)", str(src.resolve()))
-        info["commit"] = m.group(1) if m else None
-    return info
-
-
-def tool_versions() -> dict:
-    from importlib import metadata
-
-    from angelcli import __version__
-
-    out = {"angel": __version__}
-    for dist in ("torch", "safetensors", "transformers", "compressed-tensors", "llmcompressor"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# output directory state
-# ------------------------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
-def output_state(out: Path, fingerprint: dict, force: bool) -> str:
-    """'fresh' | 'resume' | 'complete' | 'replace' for `out`; UsageError when it must not be touched."""
-    if not out.exists():
-        return "fresh"
-    if not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a directory")
-    if not any(out.iterdir()):
-        return "fresh"
-    manifest = _read_json(out / MANIFEST_NAME)
-    state = _read_json(out / STATE_DIR / "state.json")
-    if manifest and manifest.get("format") == MANIFEST_FORMAT:
-        files_ok = all((out / f["name"]).exists() and (out / f["name"]).stat().st_size == f["size"]
-                       for f in manifest.get("files", []))
-        if manifest.get("fingerprint") == fingerprint and files_ok:
-            return "complete"
-        if force:
-            return "replace"
-        why = "was made from a different source or with different options" if files_ok else "has missing or changed files"
-        raise UsageError(f"{out}: holds an angel FP8 output that {why}; pass --force to replace it")
-    if state is not None:
-        if state.get("fingerprint") == fingerprint:
-            return "resume"
-        if force:
-            return "replace"
-        raise UsageError(f"{out}: holds an interrupted angel run with different source or options; "
-                         "pass --force to start over")
-    raise UsageError(f"{out}: exists and is not an angel quantize output; choose a new or empty directory")
-
-
-def _prepare(out: Path, state: str, fingerprint: dict) -> None:
-    if state == "replace":
-        shutil.rmtree(out)
-    try:
-        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / STATE_DIR / "state.json", {"fingerprint": fingerprint})
-    except OSError as err:
-        raise UsageError(f"{out}: cannot write the output here ({err.strerror})") from None
-
-
-def _existing_parent(p: Path) -> Path:
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
-
-
-# ------------------------------------------------------------------------------------------------------------
-# finishing
-# ------------------------------------------------------------------------------------------------------------
-def copy_side_files(src: Path, out: Path) -> list[str]:
-    """Copy the tokenizer, generation config and other non-weight top-level files (atomically)."""
-    copied = []
-    for f in sorted(src.iterdir()):
-        if not f.is_file() or f.name.startswith(".") or f.suffix == ".safetensors" or f.name in SKIP_COPY:
-            continue
-        with atomic_path(out / f.name) as tmp:
-            shutil.copyfile(f, tmp)
-        copied.append(f.name)
-    return copied
-
-
-def write_index(out: Path, shard_names: list[str]) -> dict[str, str]:
-    from angelcli.quant.st_io import read_layout
-
-    weight_map, total = {}, 0
-    for name in shard_names:
-        layout, _ = read_layout(out / name)
-        for raw in layout:
-            weight_map[raw.name] = name
-            total += raw.nbytes
-    atomic_write_json(out / "model.safetensors.index.json",
-                      {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
-    return weight_map
 
 
 def _eval_texts(opts: QuantOptions, tok) -> tuple[list[list[int]] | None, str | None]:
@@ -283,10 +153,10 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
               "scheme": opts.scheme, "targets": opts.targets, "quantized_tensors": n_q,
               "source_bytes": src_bytes, "output_bytes": out_bytes}
     if state == "complete":
-        manifest = _read_json(out / MANIFEST_NAME) or {}
+        manifest = read_json(out / MANIFEST_NAME) or {}
         log(f"{out}: up to date (same source and options); nothing to do")
         return {**result, "status": "up-to-date", "report": manifest.get("report")}
-    free = shutil.disk_usage(_existing_parent(out)).free
+    free = shutil.disk_usage(existing_parent(out)).free
     need = out_bytes if state != "resume" else out_bytes - sum(
         (out / p.name).stat().st_size for p in plans if (out / p.name).exists())
     if opts.scheme == "static" and opts.offload == "disk":
@@ -298,7 +168,7 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
         return result
     if free < need:
         raise ResourceError(f"{out}: needs {need / 1e9:.2f} GB free, the disk has {free / 1e9:.2f} GB")
-    _prepare(out, state, fingerprint)
+    prepare(out, state, fingerprint)
     log(f"quantizing {src} -> {out} (fp8 {opts.scheme}, targets {opts.targets}, {n_q} tensors)")
 
     calibration = None
@@ -378,7 +248,8 @@ def _run_static(src: Path, raw: dict, out: Path, cfg, opts: QuantOptions):
         os.replace(staging / name, out / name)
     _check_static_names(out, shard_names, cfg, opts.targets)
     qc = dict(res.quantization_config)
-    qc["ignore"] = list(qc.get("ignore") or []) + [n for n in schemes.NAME_ONLY_IGNORE if n not in (qc.get("ignore") or [])]
+    ignore = list(qc.get("ignore") or [])
+    qc["ignore"] = ignore + [n for n in schemes.NAME_ONLY_IGNORE if n not in ignore]
     recipe_src = calibrate.recipe_for(opts.targets)[1]
     calibration = {"source": opts.calib, "samples": res.num_samples, "tokens": res.num_tokens,
                    "all_experts": opts.all_experts, "pipeline": opts.pipeline, "offload": opts.offload,
@@ -415,7 +286,8 @@ def output_for(spec: str | None, out: Path | None, out_dir: Path | None, scheme:
     return Path(out_dir or Path.cwd()) / f"{name}-{schemes.output_suffix(scheme)}"
 
 
-def quantize_many(specs: list[str], out: Path | None, out_dir: Path | None, opts: QuantOptions) -> tuple[list[dict], int]:
+def quantize_many(specs: list[str], out: Path | None, out_dir: Path | None,
+                  opts: QuantOptions) -> tuple[list[dict], int]:
     """Quantise each MODEL in turn; a failure is reported and the others still run.
     Returns (results, exit code of the first failure or 0)."""
     from angelcli.console import warn

@@ -121,7 +121,8 @@ def native_quant_config(cfg: ModelConfig, targets: str) -> dict:
     `ignored_layers` (vLLM and SGLang Fp8Config skip those modules)."""
     qc = dict(NATIVE_QUANT_CONFIG)
     if targets != "all":
-        qc["ignored_layers"] = [m for m in unquantized_linears(cfg, targets) if m != "lm_head" and not m.endswith(".mlp.gate")]
+        qc["ignored_layers"] = [m for m in unquantized_linears(cfg, targets)
+                                if m != "lm_head" and not m.endswith(".mlp.gate")]
     return qc
 
 

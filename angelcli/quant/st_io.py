@@ -96,7 +96,8 @@ class ShardWriter:
     `path` (callers pass a temporary name and rename on success).
     """
 
-    def __init__(self, path: Path, plan: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None):
+    def __init__(self, path: Path, plan: list[tuple[str, str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
         header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
         offset = 0
         self._order: list[tuple[str, int]] = []

@@ -117,7 +117,8 @@ def _load_done(out_dir: Path, plan: ShardPlan) -> dict | None:
         rec = json.loads(rec_path.read_text("utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    if not dest.exists() or dest.stat().st_size != rec.get("size") or rec.get("source_size") != plan.source.stat().st_size:
+    if (not dest.exists() or dest.stat().st_size != rec.get("size")
+            or rec.get("source_size") != plan.source.stat().st_size):
         return None
     if rec.get("tensors") != [e[0] for e in plan.entries]:
         return None
