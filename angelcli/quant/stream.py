@@ -79,14 +79,21 @@ def _convert_shard(plan: ShardPlan, out_dir: Path, scheme: str, bar, lock: threa
     layout_kind = schemes.weight_layout(scheme)
     stats: dict[str, dict] = {}
     layout, _ = read_layout(plan.source)
+    quantized = set(plan.quantized)
     writer = ShardWriter(tmp, plan.entries, metadata={"format": "pt"})
     try:
-        with open(plan.source, "rb") as fh:
+        with open(plan.source, "rb") as fh, ThreadPoolExecutor(max_workers=1) as reader:
+            # read-ahead: the next weight to quantise is read while the current one is converted
+            todo = [raw for raw in layout if raw.name in quantized]
+            pending = reader.submit(read_tensor, fh, todo[0]) if todo else None
+            qi = 0
             for raw in layout:
-                if raw.name not in plan.quantized:
+                if raw.name not in quantized:
                     writer.copy_raw(fh, raw)
                 else:
-                    w = read_tensor(fh, raw)
+                    w = pending.result()
+                    qi += 1
+                    pending = reader.submit(read_tensor, fh, todo[qi]) if qi < len(todo) else None
                     sdtype = TORCH_DTYPES[schemes.scale_dtype_name(scheme, raw.dtype)]
                     try:
                         q, s, stats[raw.name] = fp8.quantize_with_error(w, layout_kind, scale_dtype=sdtype)
