@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tiny-train", "angelcli.commands.tiny_train:tiny_train"),
     ("plan", "angelcli.commands.plan:plan"),
     ("bench", "angelcli.commands.bench:bench"),
+    ("quantize", "angelcli.commands.quantize:quantize"),
 ]
 
 app = typer.Typer(
