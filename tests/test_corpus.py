@@ -1,0 +1,226 @@
+"""The shipped medical corpus (angelcli/data/medical), its builder and the data-loading API."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+
+import pytest
+
+from angelcli.data import MEDICAL_DIR, SPLITS, load_prompts, load_split, read_user_data, render_sample
+from angelcli.errors import UsageError
+from angelcli.tiny.corpus import SYSTEM_PROMPT, build_corpus, conversation_key, text_stats
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return {name: load_split(name) for name in SPLITS}
+
+
+def _replies(samples):
+    return {m["content"] for s in samples for m in s["messages"] if m["role"] == "assistant"}
+
+
+def _users(samples):
+    return [m["content"] for s in samples for m in s["messages"] if m["role"] == "user"]
+
+
+# ---- the shipped corpus ---------------------------------------------------------------------------
+
+def test_corpus_size_and_language_mix(splits):
+    everything = [s for v in splits.values() for s in v]
+    st = text_stats(everything)
+    assert st["text_bytes"] >= 1_000_000, st
+    assert 0.25 <= st["zh_char_share"] <= 0.40, st
+    assert {s["lang"] for s in everything} == {"en", "zh"}
+    shipped = sum((MEDICAL_DIR / f"{n}.jsonl").stat().st_size for n in SPLITS)
+    assert shipped <= 3_100_000, shipped
+    for name, v in splits.items():
+        assert {s["lang"] for s in v} == {"en", "zh"}, name
+    assert len(splits["calib"]) >= 128 and len(splits["eval"]) >= 128
+    assert len(splits["train"]) > 8 * len(splits["eval"])
+
+
+def test_samples_are_well_formed_chat(splits):
+    for name, v in splits.items():
+        for s in v:
+            assert set(s) == {"messages", "lang", "kind"}, (name, s)
+            msgs = s["messages"]
+            if msgs[0]["role"] == "system":
+                assert msgs[0]["content"] == SYSTEM_PROMPT
+                msgs = msgs[1:]
+            assert len(msgs) >= 2 and len(msgs) % 2 == 0, s
+            for i, m in enumerate(msgs):
+                assert m["role"] == ("user" if i % 2 == 0 else "assistant"), s
+                assert isinstance(m["content"], str) and m["content"].strip() == m["content"] and m["content"], s
+
+
+def test_corpus_is_diverse(splits):
+    train = splits["train"]
+    kinds = Counter(s["kind"] for s in train)
+    assert len(kinds) >= 9, kinds
+    assert max(kinds.values()) < 0.45 * len(train), kinds
+    with_system = sum(s["messages"][0]["role"] == "system" for s in train)
+    assert 0.3 * len(train) < with_system < 0.7 * len(train)
+    multi = sum(sum(m["role"] == "user" for m in s["messages"]) > 1 for s in train)
+    assert multi >= 300, multi
+    # Replies are mostly distinct, and no single way of opening a reply dominates.
+    replies = [m["content"] for s in train for m in s["messages"] if m["role"] == "assistant"]
+    assert len(set(replies)) > 0.85 * len(replies)
+    openers = Counter(r[:24] for r in replies)
+    assert openers.most_common(1)[0][1] < 0.03 * len(replies), openers.most_common(3)
+    users = _users(train)
+    assert len(set(users)) > 0.6 * len(users)
+    assert len({" ".join(u.split()[:3]) for u in users}) >= 300
+    # Safety habits the model should pick up: pointing to a clinician / emergency services.
+    en = " ".join(r for s in train if s["lang"] == "en" for r in _replies([s]))
+    zh = " ".join(r for s in train if s["lang"] == "zh" for r in _replies([s]))
+    assert en.count("emergency") > 100 and zh.count("120") > 100
+
+
+def test_splits_are_disjoint(splits):
+    keys = {name: {conversation_key(s) for s in v} for name, v in splits.items()}
+    replies = {name: _replies(v) for name, v in splits.items()}
+    for a in SPLITS:
+        assert len(keys[a]) == len(splits[a]), f"duplicate conversations inside {a}"
+        for b in SPLITS:
+            if a < b:
+                assert not keys[a] & keys[b], (a, b)
+                assert not replies[a] & replies[b], (a, b)
+
+
+def test_manifest_matches_shipped_files():
+    manifest = json.loads((MEDICAL_DIR / "manifest.json").read_text(encoding="utf-8"))
+    for name in SPLITS:
+        data = (MEDICAL_DIR / f"{name}.jsonl").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == manifest["splits"][name]["sha256"], name
+        assert len(data) == manifest["splits"][name]["file_bytes"]
+
+
+def test_prompts_are_distinct_from_the_corpus(splits):
+    prompts = load_prompts()
+    assert 35 <= len(prompts) <= 45
+    assert sum(any("\u4e00" <= ch <= "\u9fff" for ch in p) for p in prompts) >= 12
+    users = _users([s for v in splits.values() for s in v])
+    assert len(set(prompts)) == len(prompts)
+    for p in prompts:
+        assert not any(p in u for u in users), p
+    assert prompts[0] == "What are common symptoms of type 2 diabetes?"
+
+
+# ---- the builder ------------------------------------------------------------------------------------
+
+def test_builder_is_deterministic_and_seeded(tmp_path):
+    pytest.importorskip("simple_icd_10_cm")
+    pytest.importorskip("faker_healthcare")
+    a = build_corpus(tmp_path / "a", seed=0, scale=0.15)
+    b = build_corpus(tmp_path / "b", seed=0, scale=0.15)
+    c = build_corpus(tmp_path / "c", seed=1, scale=0.15)
+    for name in SPLITS:
+        assert (tmp_path / "a" / f"{name}.jsonl").read_bytes() == (tmp_path / "b" / f"{name}.jsonl").read_bytes()
+        assert a["splits"][name]["sha256"] == b["splits"][name]["sha256"] != c["splits"][name]["sha256"]
+    assert a["total"]["samples"] > 300
+    # The reduced build keeps the split guarantees.
+    parts = {n: [json.loads(x) for x in (tmp_path / "a" / f"{n}.jsonl").read_text(encoding="utf-8").splitlines()]
+             for n in SPLITS}
+    assert not _replies(parts["train"]) & (_replies(parts["eval"]) | _replies(parts["calib"]))
+
+
+def test_full_rebuild_reproduces_the_shipped_corpus(tmp_path):
+    pytest.importorskip("simple_icd_10_cm")
+    pytest.importorskip("faker_healthcare")
+    from angelcli.tiny.corpus_sources import source_versions
+
+    manifest = json.loads((MEDICAL_DIR / "manifest.json").read_text(encoding="utf-8"))
+    if source_versions() != manifest["sources"]:
+        pytest.skip(f"installed corpus sources {source_versions()} differ from the build's {manifest['sources']}")
+    rebuilt = build_corpus(tmp_path, seed=manifest["seed"], scale=manifest["scale"])
+    assert rebuilt == manifest
+
+
+# ---- data API ---------------------------------------------------------------------------------------
+
+def test_load_split_rejects_unknown_names():
+    with pytest.raises(UsageError, match="unknown data split 'test'"):
+        load_split("test")
+
+
+def test_load_split_returns_independent_copies():
+    a = load_split("eval")
+    a[0]["messages"].clear()
+    assert load_split("eval")[0]["messages"]
+
+
+def _write(tmp_path, name, text, mode="w"):
+    p = tmp_path / name
+    if mode == "wb":
+        p.write_bytes(text)
+    else:
+        p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_read_user_data_accepts_all_forms(tmp_path):
+    rows = [
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]},
+        {"text": "Plain medical text."},
+        {"prompt": "What is gout?", "response": "A type of arthritis."},
+        {"prompt": "只有问题"},
+    ]
+    p = _write(tmp_path, "d.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n\n")
+    out = read_user_data(p)
+    assert out[0] == rows[0]
+    assert out[1] == {"text": "Plain medical text."}
+    assert out[2] == {"messages": [{"role": "user", "content": "What is gout?"}, {"role": "assistant", "content": "A type of arthritis."}]}
+    assert out[3] == {"messages": [{"role": "user", "content": "只有问题"}]}
+
+
+def test_read_user_data_txt_paragraphs(tmp_path):
+    p = _write(tmp_path, "notes.txt", "First line\nsecond line\n\n\n  \nSecond paragraph.\r\n\r\nThird 第三段")
+    assert read_user_data(p) == [{"text": "First line\nsecond line"}, {"text": "Second paragraph."}, {"text": "Third 第三段"}]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "ok"}\n{"text": "ok",}\n', r"bad\.jsonl:2: invalid JSON"),
+    ('{"text": "ok"}\n[1, 2]\n', r"bad\.jsonl:2: expected a JSON object, got list"),
+    ('{"messages": []}\n', r"bad\.jsonl:1: \"messages\" must be a non-empty list"),
+    ('{"messages": [{"role": "doctor", "content": "x"}]}\n', r"bad\.jsonl:1: messages\[0\]\.role is 'doctor'"),
+    ('{"messages": [{"role": "user", "content": 5}]}\n', r"bad\.jsonl:1: messages\[0\]\.content must be a string"),
+    ('{"messages": [{"role": "system", "content": "x"}]}\n', r"bad\.jsonl:1: .*only system messages"),
+    ('\n\n{"input": "x"}\n', r"bad\.jsonl:3: object has none of the keys .*it has: input"),
+    ('{"text": "   "}\n', r"bad\.jsonl:1: \"text\" must be a non-empty string"),
+    ('{"prompt": 3}\n', r"bad\.jsonl:1: \"prompt\" must be a non-empty string"),
+    ('{"prompt": "q", "response": ["a"]}\n', r"bad\.jsonl:1: \"response\" must be a string"),
+    ("\n  \n", r"bad\.jsonl: no samples found"),
+])
+def test_read_user_data_errors_name_file_and_line(tmp_path, content, message):
+    p = _write(tmp_path, "bad.jsonl", content)
+    with pytest.raises(UsageError, match=message):
+        read_user_data(p)
+
+
+def test_read_user_data_file_errors(tmp_path):
+    with pytest.raises(UsageError, match="no such file"):
+        read_user_data(tmp_path / "missing.jsonl")
+    with pytest.raises(UsageError, match="is a directory"):
+        read_user_data(tmp_path)
+    with pytest.raises(UsageError, match=r"unsupported file type '\.csv'"):
+        read_user_data(_write(tmp_path, "x.csv", "a,b\n"))
+    with pytest.raises(UsageError, match=r"latin\.txt:2: not valid UTF-8"):
+        read_user_data(_write(tmp_path, "latin.txt", b"ok\ncaf\xe9\n", mode="wb"))
+    with pytest.raises(UsageError, match=r"empty\.txt: no samples found"):
+        read_user_data(_write(tmp_path, "empty.txt", ""))
+
+
+def test_render_sample(tmp_path):
+    from transformers import AutoTokenizer
+
+    from angelcli.tiny.tokenizer import build_small_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(build_small_tokenizer(tmp_path / "tok")))
+    assert render_sample({"text": "raw"}) == "raw"
+    s = render_sample({"messages": [{"role": "user", "content": "U"}]}, tok, add_generation_prompt=True)
+    assert s == "<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>U<|role_end|><role>ASSISTANT</role>"
+    with pytest.raises(ValueError):
+        render_sample({"messages": [{"role": "user", "content": "U"}]})
