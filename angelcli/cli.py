@@ -22,6 +22,9 @@ from angelcli.errors import EXIT_INTERRUPTED, AngelError
 COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
     ("chat", "angelcli.commands.chat:chat"),
+    ("draft-train", "angelcli.commands.draft_train:draft_train"),
+    ("draft-attach", "angelcli.commands.draft_attach:draft_attach"),
+    ("draft-eval", "angelcli.commands.draft_eval:draft_eval"),
 ]
 
 app = typer.Typer(

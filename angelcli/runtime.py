@@ -26,6 +26,7 @@ class Runtime:
     dtype: str
     backend: str
     _tokenizer: object = None
+    draft_dir: Path | None = None  # the EAGLE3 draft the engine speculates with (engine is a SpeculativeEngine)
 
     @property
     def tokenizer(self):
@@ -59,7 +60,11 @@ def pick_dtype(dtype: str, device: str):
 
 
 def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
-                 max_seq_len: int | None = None, progress: bool = False) -> Runtime:
+                 max_seq_len: int | None = None, progress: bool = False, use_draft: bool | None = False,
+                 draft: str | None = None, draft_k: int = 3) -> Runtime:
+    """use_draft: False = plain decoding (the default for library callers); None = speculative decoding when
+    the model has a draft attached (what `generate` and `chat` pass by default); True = require one.
+    draft: a draft directory or store name for this run (angelcli/eagle/attach.py)."""
     from angelcli.engine import Engine
     from angelcli.loader import load_model
     from angelcli.resolve import resolve_model
@@ -77,4 +82,9 @@ def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto"
             raise UsageError("--backend triton: the triton engine backend is not part of this build") from None
     net, cfg, _ = load_model(model_dir, dtype=tdtype, device=dev, progress=progress)
     engine = Engine(net, cfg, device=dev, max_seq_len=max_seq_len, backend=chosen)
-    return Runtime(model_dir, cfg, net, engine, load_generation_eos(model_dir, cfg), dev, dname, chosen)
+    rt = Runtime(model_dir, cfg, net, engine, load_generation_eos(model_dir, cfg), dev, dname, chosen)
+    if use_draft is not False or draft is not None:
+        from angelcli.eagle.attach import speculative_engine
+
+        rt.engine, rt.draft_dir = speculative_engine(rt, use_draft=use_draft, draft=draft, k=draft_k, model_spec=model)
+    return rt

@@ -26,6 +26,12 @@ def generate(
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE", help="auto|cpu|cuda|cuda:N."),
     backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND", help="auto|torch|triton."),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Context length to allocate."),
+    draft: Optional[bool] = typer.Option(None, "--draft/--no-draft",
+                                         help="Speculative decoding with the model's EAGLE3 draft "
+                                              "(default: on when one is attached; see draft-attach)."),
+    draft_path: Optional[str] = typer.Option(None, "--draft-path", envvar="ANGEL_DRAFT",
+                                             help="Speculate with this draft directory or store name."),
+    draft_k: int = typer.Option(3, "--draft-k", envvar="ANGEL_DRAFT_K", help="Draft tokens per target pass."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON result (always on with --batch)."),
 ) -> None:
     """Generate a reply to a prompt, messages, token ids or a batch file.
@@ -35,6 +41,7 @@ def generate(
       angel generate antangelmed --messages chat.json --json
       angel generate --input-ids 12,7,99 --max-new-tokens 8 --json
       angel generate --batch requests.jsonl > results.jsonl
+      angel generate --prompt "..." --no-draft   (plain decoding even when a draft is attached)
     """
     import sys
     from dataclasses import replace
@@ -59,7 +66,8 @@ def generate(
             raise UsageError("nothing to generate from: give --prompt, --messages, --input-ids or --batch")
         req.validate("arguments")
         jobs = [(req, {})]
-    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len)
+    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len,
+                      use_draft=draft, draft=draft_path, draft_k=draft_k)
     if batch is not None:
         with progress("generate", total=len(jobs), unit="requests") as bar:
             for n, (req, over) in enumerate(jobs):
@@ -80,6 +88,8 @@ def generate(
         sys.stdout.write(",".join(map(str, result["ids"])))
     sys.stdout.write("\n")
     st = result["stats"]
+    spec = st.get("speculative")
+    tau = f", tau {spec['mean_acceptance_length']:.2f} (k={spec['k']})" if spec else ""
     log(f"[{st['prompt_tokens']} prompt tokens, {st['generated_tokens']} generated, "
-        f"first token {st['time_to_first_token'] * 1000:.0f} ms, {st['decode_tokens_per_s']:.1f} tok/s, "
+        f"first token {st['time_to_first_token'] * 1000:.0f} ms, {st['decode_tokens_per_s']:.1f} tok/s{tau}, "
         f"finish: {result['finish_reason']}]")

@@ -1,0 +1,219 @@
+"""Which draft a model uses: consistency checks, the attachment record, and wrapping a runtime's engine.
+
+An attachment is `draft.json` in the model directory:
+    {"format": "angel-draft-link/1", "draft": "<path relative to the model dir>", "abs": "<absolute path>",
+     "store": "<store name or null>", "k": 3, "attached_at": "..."}
+When the model directory is not writable (an installed package, a read-only mount) the same record goes to
+$ANGEL_HOME/drafts/<model path as a file name>.json. For models in the local store `angel draft-attach` also
+sets the manifest's `draft` field (angelcli.store, when that module is part of the build).
+The embedded angel-tiny uses the draft shipped beside it (angelcli/assets/angel-tiny-eagle3) unless a
+record says otherwise.
+
+Resolution for a run (`generate`, `chat`): --no-draft -> none; --draft-path D -> D; otherwise the record
+(or the store's attached draft, or the shipped tiny draft); --draft with nothing attached is a UsageError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from angelcli.errors import CheckFailed, UsageError
+from angelcli.fsutil import atomic_write_json
+
+LINK_FILE = "draft.json"
+LINK_FORMAT = "angel-draft-link/1"
+TINY_DRAFT_DIR = Path(__file__).resolve().parent.parent / "assets" / "angel-tiny-eagle3"
+
+
+def _store():
+    try:
+        from angelcli import store
+    except ImportError:
+        return None
+    return store
+
+
+def resolve_draft_dir(spec: str | os.PathLike, base: Path | None = None) -> Path:
+    """A draft directory from a path (relative to `base` first) or a local store name / alias."""
+    p = Path(spec).expanduser()
+    for cand in ([base / p] if base is not None and not p.is_absolute() else []) + [p]:
+        if (cand / "config.json").exists():
+            return cand.resolve()
+    st = _store()
+    if st is not None and hasattr(st, "lookup"):
+        found = st.lookup(str(spec))
+        if found is not None:
+            return Path(found)
+    raise UsageError(f"draft '{spec}' not found: not a directory with config.json and not in the local store "
+                     f"(try `angel pull {spec}`)")
+
+
+def _home_link(model_dir: Path) -> Path:
+    from angelcli.resolve import angel_home
+
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", str(Path(model_dir).resolve()).strip("/"))[-180:]
+    return angel_home() / "drafts" / f"{key}.json"
+
+
+def read_link(model_dir: Path) -> dict | None:
+    for p in (Path(model_dir) / LINK_FILE, _home_link(model_dir)):
+        if p.exists():
+            try:
+                link = json.loads(p.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{p}: not valid JSON ({err}); run `angel draft-attach` again") from None
+            if link.get("format") != LINK_FORMAT:
+                raise UsageError(f"{p}: format {link.get('format')!r}, expected {LINK_FORMAT!r}")
+            link["_file"] = str(p)
+            return link
+    return None
+
+
+def attached_draft(model_dir: Path, model_spec: str | None = None) -> Path | None:
+    """The draft recorded for a model directory, or None."""
+    model_dir = Path(model_dir)
+    link = read_link(model_dir)
+    if link is not None:
+        if link.get("draft") is None:
+            return None  # explicitly detached
+        for key in ("draft", "abs"):
+            if link.get(key):
+                cand = (model_dir / link[key]) if key == "draft" else Path(link[key])
+                if (cand / "config.json").exists():
+                    return cand.resolve()
+        if link.get("store"):
+            return resolve_draft_dir(link["store"])
+        raise UsageError(f"{link['_file']}: the attached draft {link.get('abs') or link.get('draft')} is gone; "
+                         "run `angel draft-attach` again or pass --no-draft")
+    st = _store()
+    if st is not None and model_spec and hasattr(st, "find") and hasattr(st, "attached_draft"):
+        m = st.find(model_spec)
+        repo = st.attached_draft(m) if m is not None else None
+        if repo:
+            found = st.lookup(repo)
+            if found is not None:
+                return Path(found)
+    from angelcli.resolve import TINY_DIR
+
+    if model_dir.resolve() == TINY_DIR.resolve() and (TINY_DRAFT_DIR / "config.json").exists():
+        return TINY_DRAFT_DIR
+    return None
+
+
+def check_draft(tcfg, draft_dir: Path) -> dict:
+    """Validate a draft against a target ModelConfig; CheckFailed naming the first mismatch."""
+    from safetensors import safe_open
+
+    from angelcli.eagle.export import config_from_files, portability_warnings, sglang_layer_ids, vllm_layer_ids
+    from angelcli.eagle.model import check_vocab_map
+
+    draft_dir = Path(draft_dir)
+    cfg, layout, notes = config_from_files(draft_dir, tcfg.num_hidden_layers)
+    if cfg.target_hidden_size != tcfg.hidden_size:
+        raise CheckFailed(f"{draft_dir}: draft expects target hidden size {cfg.target_hidden_size}, "
+                          f"the model has {tcfg.hidden_size}")
+    if cfg.hidden_size != tcfg.hidden_size:
+        raise CheckFailed(f"{draft_dir}: draft hidden size {cfg.hidden_size} differs from the model's "
+                          f"{tcfg.hidden_size} (the draft reads the target's embedding)")
+    if cfg.vocab_size != tcfg.vocab_size:
+        raise CheckFailed(f"{draft_dir}: draft vocab_size {cfg.vocab_size} differs from the model's {tcfg.vocab_size}")
+    if cfg.target_num_layers != tcfg.num_hidden_layers:
+        raise CheckFailed(f"{draft_dir}: draft was made for a {cfg.target_num_layers}-layer target, "
+                          f"the model has {tcfg.num_hidden_layers}")
+    bad = [i for i in cfg.aux_layers if not 0 <= i < tcfg.num_hidden_layers]
+    if bad:
+        raise CheckFailed(f"{draft_dir}: layer id {bad[0]} is outside the model's layers 0..{tcfg.num_hidden_layers - 1}")
+    tensors = {}
+    for f in sorted(draft_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for name in fh.keys():
+                if name in ("d2t", "t2d"):
+                    tensors[name] = fh.get_tensor(name)
+                elif name.endswith("embed_tokens.weight"):
+                    shape = tuple(fh.get_slice(name).get_shape())
+                    if shape != (tcfg.vocab_size, tcfg.hidden_size):
+                        raise CheckFailed(f"{draft_dir}: embed_tokens.weight is {shape}, the model's embedding is "
+                                          f"{(tcfg.vocab_size, tcfg.hidden_size)}")
+    if "d2t" in tensors:
+        t2d = tensors.get("t2d")
+        if t2d is None:
+            import torch
+
+            t2d = torch.zeros(cfg.vocab_size, dtype=torch.bool)
+            t2d[torch.arange(cfg.draft_vocab_size) + tensors["d2t"].long()] = True
+        if tensors["d2t"].numel() != cfg.draft_vocab_size or t2d.numel() != tcfg.vocab_size:
+            raise CheckFailed(f"{draft_dir}: d2t has {tensors['d2t'].numel()} entries (draft_vocab_size "
+                              f"{cfg.draft_vocab_size}), t2d {t2d.numel()} (model vocab {tcfg.vocab_size})")
+        try:
+            check_vocab_map(tensors["d2t"].long(), t2d.bool())
+        except UsageError as err:
+            raise CheckFailed(f"{draft_dir}: {err}") from None
+    elif cfg.draft_vocab_size != cfg.vocab_size:
+        raise CheckFailed(f"{draft_dir}: no d2t although draft_vocab_size {cfg.draft_vocab_size} < vocab "
+                          f"{cfg.vocab_size}")
+    return {"draft": str(draft_dir), "layout": layout, "hidden_size": cfg.hidden_size,
+            "vocab_size": cfg.vocab_size, "draft_vocab_size": cfg.draft_vocab_size,
+            "layer_ids": {"foundation": list(cfg.aux_layers), "sglang": sglang_layer_ids(cfg),
+                          "vllm": vllm_layer_ids(cfg)},
+            "notes": notes + portability_warnings(cfg), "ok": True}
+
+
+def attach(model_spec: str | None, draft_spec: str | None, *, k: int = 3, detach: bool = False) -> dict:
+    """Check and record `draft_spec` as `model_spec`'s draft (or record that it has none)."""
+    from angelcli.config import ModelConfig
+    from angelcli.resolve import resolve_model
+
+    model_dir = resolve_model(model_spec)
+    record = {"format": LINK_FORMAT, "draft": None, "abs": None, "store": None, "k": k,
+              "attached_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat()}
+    report = {"model": str(model_dir), "draft": None, "detached": detach}
+    if not detach:
+        if draft_spec is None:
+            raise UsageError("DRAFT is required (or --detach)")
+        draft_dir = resolve_draft_dir(draft_spec)
+        report = {"model": str(model_dir), **check_draft(ModelConfig.from_file(model_dir), draft_dir)}
+        record.update(draft=os.path.relpath(draft_dir, model_dir.resolve()), abs=str(draft_dir),
+                      store=None if Path(draft_spec).exists() else str(draft_spec))
+    dest = Path(model_dir) / LINK_FILE
+    try:
+        atomic_write_json(dest, record)
+    except OSError:
+        dest = _home_link(model_dir)
+        atomic_write_json(dest, record)
+    report["record"] = str(dest)
+    st = _store()
+    if st is not None and model_spec and hasattr(st, "find") and st.find(model_spec) is not None:
+        m = st.find(model_spec)
+        m.draft = None if detach else (record["store"] or record["abs"])
+        st.save_manifest(m)
+        report["manifest"] = str(st.manifest_path(m.repo))
+    return report
+
+
+def speculative_engine(rt, *, use_draft: bool | None, draft: str | None, k: int, model_spec: str | None = None):
+    """rt.engine wrapped with its draft when one applies, else rt.engine unchanged (and the draft path)."""
+    if draft is not None and use_draft is False:
+        raise UsageError("--draft-path and --no-draft contradict each other")
+    if use_draft is False:
+        return rt.engine, None
+    draft_dir = resolve_draft_dir(draft) if draft is not None else attached_draft(rt.model_dir, model_spec)
+    if draft_dir is None:
+        if use_draft:
+            raise UsageError(f"{rt.model_dir}: no draft attached; run `angel draft-attach MODEL DRAFT` or pass "
+                             "--draft-path")
+        return rt.engine, None
+    import torch
+
+    from angelcli.eagle.export import load_draft
+    from angelcli.eagle.speculative import SpeculativeEngine
+
+    check_draft(rt.cfg, draft_dir)
+    dtype = next(rt.model.parameters()).dtype
+    d = load_draft(draft_dir, dtype=dtype if dtype.is_floating_point else torch.float32, device=rt.device,
+                   target_num_layers=rt.cfg.num_hidden_layers)
+    d.set_embedding(rt.model.model.word_embeddings)
+    return SpeculativeEngine(rt.engine, d, k=k), draft_dir
