@@ -14,6 +14,16 @@ from angelcli.engine import Engine, SamplingParams
 from angelcli.loader import load_model
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine spinning OpenMP
+    workers make every op ~10x slower; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def target(tiny_ckpt):
     torch.manual_seed(0)
