@@ -275,3 +275,32 @@ def test_cli_train_attach_generate(tiny_ckpt, tmp_path, capsys):
     assert ev.returncode == 0, ev.stderr
     rep = json.loads(ev.stdout)
     assert rep["identical"] is True and rep["tau"] >= 1 and len(rep["per_position_acceptance"]) == 3
+
+
+def test_user_data_with_regeneration(rt, tmp_path):
+    """--data PATH --regenerate: the target writes the answers; samples hold its exact greedy tokens."""
+    from angelcli.eagle.train import REGEN_FILE, train_draft
+    from angelcli.engine import SamplingParams
+
+    rows = [{"messages": [{"role": "user", "content": f"Question {i} about fever?"},
+                          {"role": "assistant", "content": "Drink water and rest."}]} for i in range(6)]
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = train_draft(rt, _opts(tmp_path / "d", data=str(path), regenerate=True, regen_max_tokens=5,
+                                    steps=2, max_len=64))
+    regen = [json.loads(x) for x in (tmp_path / "d" / REGEN_FILE).read_text().splitlines()]
+    assert summary["train_samples"] == len(regen) == 5 and summary["eval"]["samples"] == 1  # 1 of 6 held out
+    tok = rt.tokenizer
+    for r in regen:
+        n_prompt = r["mask"].index(1)
+        prompt = r["ids"][:n_prompt]
+        assert tok.decode(prompt).startswith("<role>SYSTEM</role>") and tok.decode(prompt).endswith("<role>ASSISTANT</role>")
+        gen = [s.token_id for s in rt.engine.generate(prompt, SamplingParams(max_new_tokens=5, stop_ids=tuple(rt.eos_ids)))]
+        assert r["ids"][n_prompt:] == gen and sum(r["mask"]) == len(gen)
+
+
+def test_medical_data_trains(rt, tmp_path):
+    from angelcli.eagle.train import train_draft
+
+    s = train_draft(rt, _opts(tmp_path / "m", data="medical", max_samples=6, steps=2, max_len=512, eval_samples=2))
+    assert s["train_samples"] == 6 and s["eval"]["samples"] == 2 and 0 < s["vocab_coverage"] <= 1

@@ -116,7 +116,11 @@ def prepare_samples(rt, opts: TrainOptions) -> tuple[list[D.Sample], list[D.Samp
     tok = rt.tokenizer
     held = D.encode_samples(tok, held_d[: opts.eval_samples], opts.max_len)
     if not opts.regenerate:
-        return D.encode_samples(tok, train_d, opts.max_len), held
+        train = D.encode_samples(tok, train_d, opts.max_len)
+        if len(train) < len(train_d):
+            warn(f"{len(train_d) - len(train)} of {len(train_d)} samples have no answer within --max-len "
+                 f"{opts.max_len} tokens and are skipped")
+        return train, held
     regen = opts.out / REGEN_FILE
     if regen.exists():
         rows = [json.loads(line) for line in regen.read_text(encoding="utf-8").splitlines() if line.strip()]
