@@ -304,3 +304,27 @@ def test_medical_data_trains(rt, tmp_path):
 
     s = train_draft(rt, _opts(tmp_path / "m", data="medical", max_samples=6, steps=2, max_len=512, eval_samples=2))
     assert s["train_samples"] == 6 and s["eval"]["samples"] == 2 and 0 < s["vocab_coverage"] <= 1
+
+
+def test_stale_attachment_falls_back_but_explicit_request_fails(tiny_ckpt, tmp_path, capsys):
+    import shutil
+
+    from angelcli.config import ModelConfig
+    from angelcli.eagle.attach import LINK_FILE, LINK_FORMAT
+    from angelcli.runtime import open_runtime
+
+    model = shutil.copytree(tiny_ckpt, tmp_path / "model")
+    tcfg = ModelConfig.from_file(model)
+    bad = Eagle3Draft(DraftConfig.from_dict(DraftConfig.for_target(tcfg).to_dict() | {"target_num_layers": 8,
+                                                                                        "aux_layers": (1, 3, 4)}))
+    bad.init_weights(0)
+    export_draft(bad, tmp_path / "bad", dtype="float32")
+    (model / LINK_FILE).write_text(json.dumps({"format": LINK_FORMAT, "draft": str(tmp_path / "bad")}))
+    rt = open_runtime(str(model), device="cpu", dtype="float32", use_draft=None)
+    assert rt.draft_dir is None and "attached draft not used" in capsys.readouterr().err
+    with pytest.raises(CheckFailed):
+        open_runtime(str(model), device="cpu", dtype="float32", use_draft=True)
+    with pytest.raises(UsageError):
+        open_runtime(str(model), device="cpu", dtype="float32", use_draft=False, draft=str(tmp_path / "bad"))
+    (model / LINK_FILE).write_text(json.dumps({"format": LINK_FORMAT, "draft": None}))  # detached
+    assert open_runtime(str(model), device="cpu", dtype="float32", use_draft=None).draft_dir is None

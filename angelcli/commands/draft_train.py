@@ -31,6 +31,7 @@ def draft_train(
     max_samples: Optional[int] = typer.Option(None, "--max-samples", help="Use only the first N training samples."),
     keep_checkpoint: bool = typer.Option(True, "--keep-checkpoint/--no-keep-checkpoint", help="Keep --out/checkpoint for a later --resume."),
     export_dtype: str = typer.Option("bfloat16", "--export-dtype", help="bfloat16|float16|float32."),
+    layouts: str = typer.Option("sglang,vllm", "--layouts", help="Export layouts: sglang (always), vllm (speculators, in OUT/vllm)."),
     seed: int = typer.Option(0, "--seed"),
     dtype: str = typer.Option("auto", "--dtype", envvar="ANGEL_DTYPE", help="Target dtype: auto|float32|bfloat16|float16."),
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE"),
@@ -63,7 +64,8 @@ def draft_train(
                         max_len=max_len, draft_vocab=draft_vocab, aux_layers=aux, intermediate_size=intermediate_size,
                         cache_features=cache_features, regenerate=regenerate, regen_max_tokens=regen_max_tokens,
                         resume=resume, save_every=save_every, eval_samples=eval_samples, max_samples=max_samples,
-                        keep_checkpoint=keep_checkpoint, export_dtype=export_dtype, seed=seed)
+                        keep_checkpoint=keep_checkpoint, export_dtype=export_dtype, seed=seed,
+                        layouts=tuple(x.strip() for x in layouts.split(",") if x.strip()))
     rt = open_runtime(model, device=device, dtype=dtype)
     summary = train_draft(rt, opts)
     if json_out:

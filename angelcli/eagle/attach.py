@@ -194,8 +194,25 @@ def attach(model_spec: str | None, draft_spec: str | None, *, k: int = 3, detach
     return report
 
 
+def target_fingerprint(model) -> str:
+    """A cheap identity of the target's weights: sha256 over 64 strided embedding rows in fp32.
+    A draft trained for other weights of the same shape still decodes exactly but accepts little."""
+    import hashlib
+
+    import torch
+
+    w = model.model.word_embeddings.weight
+    rows = w[:: max(1, w.shape[0] // 64)].detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
+
+
 def speculative_engine(rt, *, use_draft: bool | None, draft: str | None, k: int, model_spec: str | None = None):
-    """rt.engine wrapped with its draft when one applies, else rt.engine unchanged (and the draft path)."""
+    """rt.engine wrapped with its draft when one applies, else rt.engine unchanged (and the draft path).
+
+    An explicitly requested draft (--draft, --draft-path) that fails its checks is an error; an attached one
+    used by default only warns and decodes plainly, so a stale attachment never breaks `generate`."""
+    from angelcli.console import warn
+
     if draft is not None and use_draft is False:
         raise UsageError("--draft-path and --no-draft contradict each other")
     if use_draft is False:
@@ -208,10 +225,21 @@ def speculative_engine(rt, *, use_draft: bool | None, draft: str | None, k: int,
         return rt.engine, None
     import torch
 
-    from angelcli.eagle.export import load_draft
+    from angelcli.eagle.export import load_draft, read_meta
     from angelcli.eagle.speculative import SpeculativeEngine
 
-    check_draft(rt.cfg, draft_dir)
+    try:
+        check_draft(rt.cfg, draft_dir)
+    except CheckFailed as err:
+        if use_draft or draft is not None:
+            raise
+        warn(f"attached draft not used: {err}")
+        return rt.engine, None
+    meta = read_meta(draft_dir) or {}
+    made_for = (meta.get("target") or {}).get("fingerprint")
+    if made_for and made_for != target_fingerprint(rt.model):
+        warn(f"{draft_dir} was trained for other weights of this architecture; output stays exact, "
+             "acceptance will be low")
     dtype = next(rt.model.parameters()).dtype
     d = load_draft(draft_dir, dtype=dtype if dtype.is_floating_point else torch.float32, device=rt.device,
                    target_num_layers=rt.cfg.num_hidden_layers)

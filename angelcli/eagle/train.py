@@ -63,6 +63,7 @@ class TrainOptions:
     random_samples: int = 256
     random_len: int = 64
     export_dtype: str = "bfloat16"
+    layouts: tuple[str, ...] = ("sglang", "vllm")
     max_samples: int | None = None
     keep_checkpoint: bool = True  # False: delete OUT/checkpoint after the export (nothing left to resume)
     extra: dict = field(default_factory=dict)
@@ -192,6 +193,8 @@ def train_draft(rt, opts: TrainOptions) -> dict:
     t0 = time.perf_counter()
     if opts.ttt < 1 or opts.batch_size < 1 or opts.max_len < 8:
         raise UsageError("--ttt and --batch-size must be >= 1 and --max-len >= 8")
+    if "sglang" not in opts.layouts or not set(opts.layouts) <= {"sglang", "vllm"}:
+        raise UsageError("--layouts must include sglang (angel loads that one) and may add vllm")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(opts.seed)
@@ -278,17 +281,22 @@ def train_draft(rt, opts: TrainOptions) -> dict:
         log(f"held-out: accuracy {report['accuracy']} sim_tau@{opts.eval_k} {report[f'sim_tau@{opts.eval_k}']}")
     special = {"bos_token_id": rt.cfg.bos_token_id, "pad_token_id": rt.cfg.pad_token_id,
                "eos_token_id": rt.cfg.eos_token_id}
-    meta = {"target": {"path": str(rt.model_dir), "num_hidden_layers": rt.cfg.num_hidden_layers,
+    from angelcli.eagle.attach import target_fingerprint
+    from angelcli.resolve import TINY_DIR
+
+    target_name = "angel-tiny" if Path(rt.model_dir).resolve() == TINY_DIR.resolve() else str(rt.model_dir)
+    meta = {"target": {"path": target_name, "fingerprint": target_fingerprint(rt.model),
+                       "num_hidden_layers": rt.cfg.num_hidden_layers,
                        "hidden_size": rt.cfg.hidden_size, "vocab_size": rt.cfg.vocab_size},
             "training": {"data": opts.data, "steps": total_steps, "samples": len(train), "tokens": n_tokens,
                          "ttt": opts.ttt, "lr": opts.lr, "batch_size": opts.batch_size, "max_len": opts.max_len,
                          "regenerated": opts.regenerate, "vocab_coverage": round(coverage, 4)},
             "eval": report}
-    exports = export_draft(draft, out, dtype=opts.export_dtype, special=special, verifier=str(rt.model_dir),
-                           meta=meta, k=opts.eval_k)
+    exports = export_draft(draft, out, dtype=opts.export_dtype, special=special, verifier=target_name,
+                           meta=meta, k=opts.eval_k, layouts=opts.layouts)
     if not opts.keep_checkpoint:
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
-    return {"out": str(out), "target": str(rt.model_dir), "data": opts.data, "train_samples": len(train),
+    return {"out": str(out), "target": target_name, "data": opts.data, "train_samples": len(train),
             "train_tokens": n_tokens, "steps": total_steps, "resumed_from": start or None, "ttt": opts.ttt,
             "draft_vocab_size": cfg.draft_vocab_size, "vocab_coverage": round(coverage, 4),
             "parameters": draft.trainable_parameters(),
