@@ -144,6 +144,14 @@ def test_foreign_configs_layer_ids(tmp_path):
     c, _, notes = config_from_files(tmp_path / "x", 32)
     assert c.aux_layers == (1, 15, 28) and "defaults" in notes[0]
     assert config_from_files(tmp_path / "x" / "vllm", 32)[0].aux_layers == (1, 15, 28)
+    # an older head: pytorch_model.bin instead of safetensors, with a copy of the embedding
+    from safetensors.torch import load_file
+
+    sd = load_file(str(tmp_path / "x" / "model.safetensors"))
+    (tmp_path / "x" / "model.safetensors").unlink()
+    torch.save(sd | {"embed_tokens.weight": torch.zeros(300, 32)}, tmp_path / "x" / "pytorch_model.bin")
+    back = load_draft(tmp_path / "x", target_num_layers=32)
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in sd.items())
     with pytest.raises(UsageError):
         config_from_files(tmp_path, 32)  # no config.json
 

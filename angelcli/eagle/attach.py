@@ -128,16 +128,36 @@ def check_draft(tcfg, draft_dir: Path) -> dict:
     if bad:
         raise CheckFailed(f"{draft_dir}: layer id {bad[0]} is outside the model's layers 0..{tcfg.num_hidden_layers - 1}")
     tensors = {}
-    for f in sorted(draft_dir.glob("*.safetensors")):
+    shapes = {}
+    files = sorted(draft_dir.glob("*.safetensors"))
+    for f in files:
         with safe_open(str(f), framework="pt") as fh:
             for name in fh.keys():
-                if name in ("d2t", "t2d"):
-                    tensors[name] = fh.get_tensor(name)
-                elif name.endswith("embed_tokens.weight"):
-                    shape = tuple(fh.get_slice(name).get_shape())
-                    if shape != (tcfg.vocab_size, tcfg.hidden_size):
-                        raise CheckFailed(f"{draft_dir}: embed_tokens.weight is {shape}, the model's embedding is "
-                                          f"{(tcfg.vocab_size, tcfg.hidden_size)}")
+                shapes[name] = tuple(fh.get_slice(name).get_shape())
+                if name.split(".")[-1] in ("d2t", "t2d"):
+                    tensors[name.split(".")[-1]] = fh.get_tensor(name)
+    if not files:
+        import torch
+
+        for f in sorted(draft_dir.glob("pytorch_model*.bin")):
+            for name, t in torch.load(f, map_location="cpu", weights_only=True).items():
+                shapes[name] = tuple(t.shape)
+                if name.split(".")[-1] in ("d2t", "t2d"):
+                    tensors[name.split(".")[-1]] = t
+    if not shapes:
+        raise CheckFailed(f"{draft_dir}: no weights (*.safetensors or pytorch_model.bin)")
+    for name, shape in shapes.items():
+        if name.endswith("embed_tokens.weight") and shape != (tcfg.vocab_size, tcfg.hidden_size):
+            raise CheckFailed(f"{draft_dir}: embed_tokens.weight is {shape}, the model's embedding is "
+                              f"{(tcfg.vocab_size, tcfg.hidden_size)}")
+    fc = next((s for n, s in shapes.items() if n.endswith("fc.weight")), None)
+    if fc is not None and fc != (cfg.hidden_size, 3 * tcfg.hidden_size):
+        raise CheckFailed(f"{draft_dir}: fc.weight is {fc}; three {tcfg.hidden_size}-wide target states need "
+                          f"({cfg.hidden_size}, {3 * tcfg.hidden_size})")
+    head = next((s for n, s in shapes.items() if n.endswith("lm_head.weight")), None)
+    if head is not None and head != (cfg.draft_vocab_size, cfg.hidden_size):
+        raise CheckFailed(f"{draft_dir}: lm_head.weight is {head}, config says ({cfg.draft_vocab_size}, "
+                          f"{cfg.hidden_size})")
     if "d2t" in tensors:
         t2d = tensors.get("t2d")
         if t2d is None:

@@ -251,15 +251,18 @@ def load_draft(draft_dir: str | Path, *, dtype: torch.dtype | None = None, devic
 
     draft_dir = Path(draft_dir)
     cfg, layout, notes = config_from_files(draft_dir, target_num_layers)
-    files = sorted(draft_dir.glob("*.safetensors"))
+    files = sorted(draft_dir.glob("*.safetensors")) or sorted(draft_dir.glob("pytorch_model*.bin"))
     if not files:
-        raise UsageError(f"{draft_dir}: no *.safetensors weights")
+        raise UsageError(f"{draft_dir}: no *.safetensors (or pytorch_model.bin) weights")
     sd: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            sd.update(load_file(str(f)))
-        except (SafetensorError, OSError) as err:
-            raise IntegrityError(f"{f}: unreadable safetensors ({err})") from None
+            if f.suffix == ".bin":  # older EAGLE heads; weights_only refuses pickled code
+                sd.update(torch.load(f, map_location="cpu", weights_only=True))
+            else:
+                sd.update(load_file(str(f)))
+        except (SafetensorError, OSError, RuntimeError) as err:
+            raise IntegrityError(f"{f}: unreadable weights ({err})") from None
     renamed = {}
     for name, t in sd.items():
         if name.startswith("model."):
