@@ -293,13 +293,18 @@ class Eagle3Draft(nn.Module):
         """aux [B, T, 3Ht] (low | mid | high) -> [B, T, H]."""
         return self.fc(aux)
 
-    def forward(self, ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, cache=None, ttt_kv=None):
+    def forward(self, ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, cache=None, ttt_kv=None,
+                head: bool = True):
         """One draft step. ids [B, T] (the *next* tokens), hidden [B, T, H] (fused or recurrent),
-        positions [B, T] -> (draft logits [B, T, Vd] fp32, pre-norm hidden [B, T, H])."""
+        positions [B, T] -> (draft logits [B, T, Vd] fp32, or None when head=False; pre-norm hidden [B, T, H])."""
         emb = self.embed(ids).to(hidden.dtype)
         cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta, hidden.dtype)
         h = self.midlayer(emb, hidden, cos, sin, cache, ttt_kv)
-        return self.lm_head(self.norm(h)).float(), h
+        return (self.logits(h) if head else None), h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Pre-norm hidden [..., H] -> draft-vocab logits [..., Vd] fp32."""
+        return self.lm_head(self.norm(h)).float()
 
     def to_target_ids(self, draft_ids: torch.Tensor) -> torch.Tensor:
         return draft_ids + self.d2t[draft_ids]

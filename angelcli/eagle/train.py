@@ -13,6 +13,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -83,13 +84,33 @@ def lr_at(step: int, total: int, base: float, warmup_frac: float) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, prog))))
 
 
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
-    """Sample indices of a step: epoch-wise seeded permutations, a pure function of the step."""
-    per_epoch = max(1, math.ceil(n / batch_size))
+BUCKET = 16  # batches per length bucket
+
+
+def epoch_batches(lengths: tuple[int, ...], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a seeded permutation cut into windows of BUCKET batches, each window sorted
+    by length (little padding), batches shuffled again. A pure function, so --resume sees the same batches."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    w = batch_size * BUCKET
+    for i in range(0, len(order), w):
+        window = sorted(order[i : i + w], key=lambda j: lengths[j])
+        batches += [window[j : j + batch_size] for j in range(0, len(window), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch(lengths: tuple[int, ...], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    return epoch_batches(lengths, batch_size, seed, epoch)
+
+
+def batch_indices(step: int, lengths: tuple[int, ...], batch_size: int, seed: int) -> list[int]:
+    per_epoch = max(1, math.ceil(len(lengths) / batch_size))
     epoch, b = divmod(step, per_epoch)
-    order = list(range(n))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
-    return order[b * batch_size : (b + 1) * batch_size] or order[:batch_size]
+    return _epoch(lengths, batch_size, seed, epoch)[b]
 
 
 def collate(samples: list[D.Sample], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,6 +226,7 @@ def train_draft(rt, opts: TrainOptions) -> dict:
     if not train:
         raise UsageError(f"--data {opts.data}: no usable training samples (each needs >= 4 tokens and an answer)")
     n_tokens = sum(len(s.ids) for s in train)
+    lengths = tuple(len(s.ids) for s in train)
     per_epoch = math.ceil(len(train) / opts.batch_size)
     total_steps = opts.steps or max(1, round(opts.epochs * per_epoch))
     log(f"draft-train: {len(train)} samples, {n_tokens} tokens, {total_steps} steps "
@@ -248,7 +270,7 @@ def train_draft(rt, opts: TrainOptions) -> dict:
         with progress("draft-train", total=total_steps, unit="steps") as bar:
             bar.update(start)
             for step in range(start, total_steps):
-                idx = batch_indices(step, len(train), opts.batch_size, opts.seed)
+                idx = batch_indices(step, lengths, opts.batch_size, opts.seed)
                 ids, mask = collate([train[i] for i in idx], dev)
                 if fcache is not None:
                     aux, logits = fcache.features(idx, ids, [len(train[i].ids) for i in idx])

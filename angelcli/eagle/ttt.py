@@ -76,18 +76,20 @@ def ttt_loss(draft, ids: torch.Tensor, aux: torch.Tensor, teacher: torch.Tensor,
         tok = shift(ids, 1 + k)
         teach = shift(teacher, 1 + k)
         tbest = shift(best, 1 + k)
-        sup = shift(loss_mask, 2 + k).float()
-        m = sup * t2d[tbest].float()
-        logits, hidden = draft(tok, hidden, base_pos + k, ttt_kv=kv)
-        logq = torch.log_softmax(logits.float(), -1)
-        p = torch.softmax(teach.float(), -1)
+        sup = shift(loss_mask, 2 + k).bool()
+        _, hidden = draft(tok, hidden, base_pos + k, ttt_kv=kv, head=False)
+        # The head and both softmaxes run on supervised positions only (prompt and padding skip the Vd-wide
+        # work, most of a step's cost); the recurrence above still covers every position.
+        logits = draft.logits(hidden[sup])  # [N, Vd]
+        m = t2d[tbest[sup]].float()
+        logq = torch.log_softmax(logits, -1)
+        p = torch.softmax(teach[sup].float(), -1)
         per_pos = -(p * logq).sum(-1)
-        n = m.sum()
-        step_loss = (per_pos * m).sum() / n.clamp(min=1.0)
+        step_loss = (per_pos * m).sum() / m.sum().clamp(min=1.0)
         total = total + (decay**k) * step_loss
         with torch.no_grad():
             pred = draft.to_target_ids(logits.argmax(-1))
             metrics.loss.append(float(step_loss))
-            metrics.correct.append(float(((pred == tbest).float() * sup).sum()))
+            metrics.correct.append(float((pred == tbest[sup]).sum()))
             metrics.count.append(float(sup.sum()))
     return total, metrics
