@@ -263,8 +263,8 @@ class Eagle3Draft(nn.Module):
 
     def init_weights(self, seed: int = 0, target=None) -> None:
         """Llama init (normal 0.02, norms 1). With a target model: final norm and lm_head start from the
-        target's own (rows of the kept ids), and fc starts as the identity on the high layer's state, so the
-        untrained draft already behaves like an early exit of the target (angel's choice; trains faster)."""
+        target's own (rows of the kept ids: an output basis the target already uses) and fc as the identity
+        on the high layer's state (angel's choice; SpecForge issue #478 asks for the same)."""
         g = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
             with torch.no_grad():
