@@ -1,6 +1,6 @@
 """Set up a virtual environment and run the demo or the test suite: the two README commands.
 
-    python3 -m angelcli.bootstrap demo    # .venv + install + a medical question to angel-tiny
+    python3 -m angelcli.bootstrap demo    # .venv + install + medical questions (English, Chinese) to angel-tiny
     python3 -m angelcli.bootstrap test    # .venv + install with test extras + the whole test suite
 
 Standard library only: it runs on a fresh machine that has nothing but Python 3.11+. It is safe to rerun:
@@ -26,7 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CPU_TORCH = "torch==2.13.0"
 GPU_TORCH = "torch>=2.10,<=2.14.0"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-DEMO_PROMPT = "What are the warning signs of a stroke, and when should I call an ambulance?"
+DEMO_QUESTIONS = (
+    "What are the warning signs of a stroke, and when should I call an ambulance?",
+    "高血压患者在日常饮食上需要注意什么？",
+)
 
 
 def _say(msg: str) -> None:
@@ -87,7 +90,13 @@ def ensure_venv(extras: str) -> None:
 def demo() -> int:
     ensure_venv("")
     angel = str(_bin("angel"))
-    return _run([angel, "generate", "--prompt", DEMO_PROMPT, "--max-new-tokens", "96"], check=False)
+    rc = 0
+    for n, question in enumerate(DEMO_QUESTIONS):
+        _say(f"question: {question}")
+        # The disclaimer once is enough; each question is its own one-turn chat.
+        extra = ["--no-disclaimer"] if n else []
+        rc = _run([angel, "chat", "--once", question, "--max-new-tokens", "96", *extra], check=False) or rc
+    return rc
 
 
 def test(pytest_args: list[str]) -> int:

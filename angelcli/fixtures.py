@@ -139,3 +139,90 @@ def write_tiny_checkpoint(out_dir: str | Path, *, seed: int = 0, shards: int = 2
                    pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|role_end|>"])
         eos_ids = [ids["<|endoftext|>"], ids["<|role_end|>"]]
     return write_checkpoint(out, cfg, random_state_dict(cfg, seed, dtype), shards=shards, eos_ids=eos_ids)
+
+
+# ------------------------------------------------------------------------------------------ FP8 fixtures
+
+# fmt -> (quant_method, weight layout, static input scales). "fp8-block" is the native DeepSeek-style
+# format of the published FP8 checkpoints; the "ct-*" ones are what llm-compressor writes for the
+# FP8_DYNAMIC (channel), FP8 (tensor, static) and FP8_BLOCK presets (shared/spec/fp8.md §1.7, §2.1).
+FP8_FORMATS = {
+    "fp8-block": ("fp8", "block", False),
+    "ct-channel": ("compressed-tensors", "channel", False),
+    "ct-tensor-static": ("compressed-tensors", "tensor", True),
+    "ct-block": ("compressed-tensors", "block", False),
+}
+
+
+def _ct_args(strategy: str, dynamic: bool, group_size=None, block=None, observer=None) -> dict:
+    return {"num_bits": 8, "type": "float", "symmetric": True, "group_size": group_size, "strategy": strategy,
+            "block_structure": block, "dynamic": dynamic, "actorder": None, "scale_dtype": None,
+            "zp_dtype": None, "observer": observer, "observer_kwargs": {}}
+
+
+def fp8_quantization_config(fmt: str, ignore: list[str]) -> dict:
+    """config.json's quantization_config for an FP8 fixture format (see FP8_FORMATS)."""
+    method, layout, static = FP8_FORMATS[fmt]
+    if method == "fp8":
+        return {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
+    if layout == "block":
+        weights, acts = _ct_args("block", False, block=[128, 128]), _ct_args("group", True, group_size=128)
+    elif layout == "channel":
+        weights, acts = _ct_args("channel", False), _ct_args("token", True)
+    else:
+        weights, acts = _ct_args("tensor", False), _ct_args("tensor", False, observer="static_minmax")
+    return {"quant_method": "compressed-tensors", "format": "float-quantized", "quantization_status": "compressed",
+            "version": "0.19.0", "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights,
+                                                               "input_activations": acts, "output_activations": None,
+                                                               "format": "float-quantized"}},
+            "ignore": ignore, "kv_cache_scheme": None, "sparsity_config": {}, "transform_config": {},
+            "global_compression_ratio": None}
+
+
+def quantize_state_dict(cfg_dict: dict, sd: dict, fmt: str) -> tuple[dict, dict]:
+    """Quantise every weight the model allows (not router, embeddings, head, norms) -> (state dict, qconfig)."""
+    import torch
+
+    from angelcli.model.bailing import keeps_high_precision
+    from angelcli.model.fp8 import quantize_weight
+
+    method, layout, static = FP8_FORMATS[fmt]
+    suffix = "weight_scale_inv" if method == "fp8" else "weight_scale"
+    scale_dtype = torch.float32 if method == "fp8" else torch.bfloat16
+    out, ignore = {}, []
+    for n, (name, t) in enumerate(sd.items()):
+        if not name.endswith(".weight") or t.dim() != 2 or keeps_high_precision(name):
+            out[name] = t
+            if name.endswith(".weight") and t.dim() == 2:
+                ignore.append(name[: -len(".weight")])
+            continue
+        q, s = quantize_weight(t, layout, scale_dtype)
+        base = name[: -len("weight")]
+        out[name], out[base + suffix] = q, s
+        if static:  # stand-in calibration: a plausible activation amax / 448, different per tensor
+            out[base + "input_scale"] = torch.tensor([0.01 * (1 + n % 5)], dtype=scale_dtype)
+    ignore = [n for n in ignore if not n.startswith("model.word_embeddings")]
+    return out, fp8_quantization_config(fmt, ignore)
+
+
+def write_fp8_checkpoint(out_dir: str | Path, fmt: str = "fp8-block", *, seed: int = 0, shards: int = 2,
+                         tokenizer: bool = False, **overrides) -> Path:
+    """A tiny random checkpoint quantised to FP8 in format `fmt` (FP8_FORMATS). Block formats need
+    moe_intermediate_size % 128 == 0 for the Triton kernels, so pass e.g. moe_intermediate_size=128."""
+    import torch
+
+    if fmt not in FP8_FORMATS:
+        raise ValueError(f"unknown FP8 fixture format {fmt!r} (one of {', '.join(FP8_FORMATS)})")
+    out = Path(out_dir)
+    cfg = tiny_config(**overrides)
+    eos_ids = None
+    if tokenizer:
+        vocab = write_fixture_tokenizer(out, vocab_size=max(cfg["vocab_size"], 300))
+        tok = json.loads((out / "tokenizer.json").read_text())
+        ids = {a["content"]: a["id"] for a in tok["added_tokens"]}
+        cfg.update(vocab_size=max(vocab, cfg["vocab_size"]), bos_token_id=ids["<|startoftext|>"],
+                   pad_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|role_end|>"])
+        eos_ids = [ids["<|endoftext|>"], ids["<|role_end|>"]]
+    sd, qc = quantize_state_dict(cfg, random_state_dict(cfg, seed, torch.bfloat16), fmt)
+    cfg["quantization_config"] = qc
+    return write_checkpoint(out, cfg, sd, shards=shards, eos_ids=eos_ids)

@@ -96,51 +96,86 @@ def read_batch_file(path: Path) -> list[tuple[GenRequest, dict]]:
     return out
 
 
+def prepare_prompt(rt, req: GenRequest):
+    """-> (prompt text or None, prompt ids, tokenizer or None) for one request."""
+    from angelcli.tokenizer import build_messages, encode, render_chat
+
+    if req.input_ids is not None:
+        tok = rt.tokenizer if (rt.model_dir / "tokenizer.json").exists() else None
+        return None, list(req.input_ids), tok
+    tok = rt.tokenizer
+    if req.messages is not None:
+        prompt_text = render_chat(tok, req.messages)
+    elif req.raw:
+        prompt_text = req.prompt
+    else:
+        prompt_text = render_chat(tok, build_messages(req.prompt, req.system))
+    return prompt_text, encode(tok, prompt_text), tok
+
+
+class _Result:
+    """Collects one request's steps into its JSON result (text streamed through on_text)."""
+
+    def __init__(self, prompt_text, prompt_ids, tok, params: SamplingParams, on_text=None):
+        from angelcli.tokenizer import StreamDecoder
+
+        self.prompt_text, self.prompt_ids, self.params, self.on_text = prompt_text, prompt_ids, params, on_text
+        self.decoder = StreamDecoder(tok) if tok is not None else None
+        self.ids, self.logprobs, self.pieces, self.finish = [], [], [], "length"
+
+    def _emit(self, piece: str) -> None:
+        if piece:
+            self.pieces.append(piece)
+            if self.on_text:
+                self.on_text(piece)
+
+    def add(self, step) -> bool:
+        """Take one step; False once the request is over (a stop id is not part of the text)."""
+        self.ids.append(step.token_id)
+        if self.params.logprobs:
+            self.logprobs.append([[i, lp] for i, lp in step.top_logprobs])
+        if step.finish_reason == "stop":
+            self.finish = "stop"
+            return False
+        if self.decoder is not None:
+            self._emit(self.decoder.push(step.token_id))
+        return step.finish_reason is None
+
+    def result(self, stats) -> dict:
+        if self.decoder is not None:
+            self._emit(self.decoder.flush())
+        return {
+            "prompt": self.prompt_text,
+            "prompt_ids": self.prompt_ids,
+            "ids": self.ids,
+            "text": "".join(self.pieces) if self.decoder is not None else None,
+            "finish_reason": self.finish,
+            "logprobs": self.logprobs if self.params.logprobs else None,
+            "stats": stats.to_dict(),
+        }
+
+
 def run_request(rt, req: GenRequest, params: SamplingParams, on_text: Callable[[str], None] | None = None) -> dict:
     """Generate for one request; on_text receives decoded text as it streams. Returns the JSON result."""
-    from angelcli.tokenizer import StreamDecoder, build_messages, encode, render_chat
-
-    prompt_text = None
-    if req.input_ids is not None:
-        prompt_ids = list(req.input_ids)
-        tok = rt.tokenizer if (rt.model_dir / "tokenizer.json").exists() else None
-    else:
-        tok = rt.tokenizer
-        if req.messages is not None:
-            prompt_text = render_chat(tok, req.messages)
-        elif req.raw:
-            prompt_text = req.prompt
-        else:
-            prompt_text = render_chat(tok, build_messages(req.prompt, req.system))
-        prompt_ids = encode(tok, prompt_text)
+    prompt_text, prompt_ids, tok = prepare_prompt(rt, req)
     params = replace(params, stop_ids=tuple(rt.eos_ids))
-    decoder = StreamDecoder(tok) if tok is not None else None
-    ids, logprobs, pieces, finish = [], [], [], "length"
+    res = _Result(prompt_text, prompt_ids, tok, params, on_text)
     for step in rt.engine.generate(prompt_ids, params):
-        ids.append(step.token_id)
-        if params.logprobs:
-            logprobs.append([[i, lp] for i, lp in step.top_logprobs])
-        if step.finish_reason == "stop":
-            finish = "stop"
+        if not res.add(step):
             break
-        if decoder is not None:
-            piece = decoder.push(step.token_id)
-            if piece:
-                pieces.append(piece)
-                if on_text:
-                    on_text(piece)
-    if decoder is not None:
-        tail = decoder.flush()
-        if tail:
-            pieces.append(tail)
-            if on_text:
-                on_text(tail)
-    return {
-        "prompt": prompt_text,
-        "prompt_ids": prompt_ids,
-        "ids": ids,
-        "text": "".join(pieces) if decoder is not None else None,
-        "finish_reason": finish,
-        "logprobs": logprobs if params.logprobs else None,
-        "stats": rt.engine.last_stats.to_dict(),
-    }
+    return res.result(rt.engine.last_stats)
+
+
+def run_batch(rt, jobs: list[tuple[GenRequest, dict]], params: SamplingParams) -> list[dict]:
+    """Generate for several requests decoded together (engine.generate_batch); results in input order.
+    Each job's dict overrides sampling fields (max_new_tokens, temperature, top_p, top_k, seed, logprobs)."""
+    collectors, prompts, plist = [], [], []
+    for req, over in jobs:
+        prompt_text, prompt_ids, tok = prepare_prompt(rt, req)
+        p = replace(params, **{k: v for k, v in over.items() if k in _SAMPLING_KEYS}, stop_ids=tuple(rt.eos_ids))
+        collectors.append(_Result(prompt_text, prompt_ids, tok, p))
+        prompts.append(prompt_ids)
+        plist.append(p)
+    for i, step in rt.engine.generate_batch(prompts, plist):
+        collectors[i].add(step)
+    return [c.result(st) for c, st in zip(collectors, rt.engine.batch_stats)]

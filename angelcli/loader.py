@@ -162,15 +162,58 @@ class LoadReport:
         return "; ".join(parts) or "ok"
 
 
+FP8_ST = "F8_E4M3"
+SCALE_DTYPES = {"F32", "BF16", "F16"}
+
+
+@dataclass
+class Fp8Weight:
+    """One FP8 weight of a quantised checkpoint and its companions (checkpoint names)."""
+
+    weight: str
+    scale: str
+    input_scale: str | None  # static activation scale, when the checkpoint has one
+
+
+def fp8_weights(cfg: ModelConfig, reader: CheckpointReader) -> dict[str, Fp8Weight]:
+    """The checkpoint's FP8 weights (stored as F8_E4M3) with the names of their companion tensors."""
+    from angelcli.model.bailing import expected_checkpoint_names
+    from angelcli.model.fp8 import parse_quant_config
+
+    scheme = parse_quant_config(cfg.quantization_config)
+    out: dict[str, Fp8Weight] = {}
+    if scheme is None:
+        return out
+    for name in expected_checkpoint_names(cfg):
+        info = reader.tensors.get(name)
+        if info is None or info.dtype != FP8_ST:
+            continue
+        base = name[: -len("weight")]
+        inp = base + "input_scale"
+        out[name] = Fp8Weight(name, base + scheme.scale_suffix, inp if inp in reader.tensors else None)
+    return out
+
+
 def check_inventory(cfg: ModelConfig, reader: CheckpointReader) -> LoadReport:
-    """Compare the checkpoint's tensors with what the architecture needs (headers only, no weights read)."""
-    from angelcli.model.bailing import expected_checkpoint_names, expected_shape, is_fp32_tensor
+    """Compare the checkpoint's tensors with what the architecture needs (headers only, no weights read).
+
+    Quantised checkpoints: a weight may be F8_E4M3 (unless the model keeps it in high precision: router,
+    embeddings, head, norms) and then needs its scale tensor, whose shape must be one of the FP8 layouts.
+    """
+    from angelcli.model.bailing import expected_checkpoint_names, expected_shape, is_fp32_tensor, keeps_high_precision
+    from angelcli.model.fp8 import cdiv, scale_layout
 
     report = LoadReport()
     expected = expected_checkpoint_names(cfg)
     have = reader.tensors
-    exp_set = set(expected)
-    report.missing = [n for n in expected if n not in have]
+    fp8 = fp8_weights(cfg, reader)
+    companions = {}
+    for w in fp8.values():
+        companions[w.scale] = w.weight
+        if w.input_scale:
+            companions[w.input_scale] = w.weight
+    exp_set = set(expected) | set(companions)
+    report.missing = [n for n in [*expected, *companions] if n not in have]
     report.unexpected = [n for n in have if n not in exp_set]
     for n in expected:
         if n not in have:
@@ -179,29 +222,51 @@ def check_inventory(cfg: ModelConfig, reader: CheckpointReader) -> LoadReport:
         want = expected_shape(cfg, n)
         if info.shape != want:
             report.wrong_shape.append((n, info.shape, want))
-        allowed = {"F32"} if is_fp32_tensor(n) else WEIGHT_DTYPES
+        if is_fp32_tensor(n):
+            allowed = {"F32"}
+        elif n in fp8 and not keeps_high_precision(n):
+            allowed = {FP8_ST}
+        else:
+            allowed = WEIGHT_DTYPES
         if info.dtype not in allowed:
             report.wrong_dtype.append((n, info.dtype, "/".join(sorted(allowed))))
+    for n, wname in companions.items():
+        if n not in have:
+            continue
+        info, wshape = have[n], have[wname].shape
+        if info.dtype not in SCALE_DTYPES:
+            report.wrong_dtype.append((n, info.dtype, "/".join(sorted(SCALE_DTYPES))))
+        if n.endswith("input_scale"):
+            if info.shape not in ((), (1,)):
+                report.wrong_shape.append((n, info.shape, (1,)))
+            continue
+        try:
+            scale_layout(wshape, info.shape)
+        except ValueError:
+            report.wrong_shape.append((n, info.shape, (cdiv(wshape[0], 128), cdiv(wshape[1], 128))))
     return report
 
 
-def load_model(model_dir: str | Path, *, dtype=None, device="cpu", strict: bool = True, progress: bool = False):
+def load_model(model_dir: str | Path, *, dtype=None, device="cpu", strict: bool = True, progress: bool = False,
+               tp=None):
     """Build BailingMoeForCausalLM from a checkpoint directory. Returns (model, cfg, report).
 
-    dtype: torch dtype for the weights (default: config torch_dtype); expert_bias always stays fp32.
+    dtype: torch dtype for the high-precision weights (default: config torch_dtype); expert_bias stays fp32,
+    FP8 weights stay float8_e4m3fn and their scales fp32 (angelcli/model/fp8.py).
     strict: raise IntegrityError (exit 3) when the inventory does not match the architecture.
+    tp: a TensorParallel (angelcli/model/parallel.py): build and read only this rank's slice.
     """
     import torch
     from torch import nn
 
     from angelcli.model.bailing import BailingMoeForCausalLM, map_checkpoint_name
+    from angelcli.model.fp8 import FP8_DTYPE, normalise_scale, parse_quant_config, scale_layout
     from angelcli.model.layers import Rotary
+    from angelcli.model.parallel import check_tp, shard_scale, shard_weight
 
     model_dir = Path(model_dir)
     cfg = ModelConfig.from_file(model_dir)
-    if cfg.quantization_config:
-        raise UsageError(f"{model_dir}: quantized checkpoint ({cfg.quantization_config.get('quant_method')}); "
-                         "the torch backend loads BF16/FP16/FP32 checkpoints")
+    parse_quant_config(cfg.quantization_config, str(model_dir / "config.json"))  # refuse unsupported schemes early
     reader = CheckpointReader(model_dir)
     report = check_inventory(cfg, reader)
     if strict and not report.ok:
@@ -209,14 +274,46 @@ def load_model(model_dir: str | Path, *, dtype=None, device="cpu", strict: bool 
     if dtype is None:
         dtype = getattr(torch, str(cfg.torch_dtype).replace("torch.", ""), torch.bfloat16)
     device = torch.device(device)
+    fp8 = fp8_weights(cfg, reader)
+    tp = tp if tp is not None and tp.world > 1 else None
+    if tp is not None:
+        block = any(scale_layout(reader.tensors[w.weight].shape, reader.tensors[w.scale].shape) == "block"
+                    for w in fp8.values() if w.scale in reader.tensors)
+        problems = check_tp(cfg, tp.world, block_fp8=block)
+        if problems:
+            raise UsageError(f"--tp {tp.world}: {problems[0]}")
+
+    owner = {}  # companion tensor -> the FP8 weight it belongs to
+    for w in fp8.values():
+        owner[w.scale] = w.weight
+        if w.input_scale:
+            owner[w.input_scale] = w.weight
+
+    def local(name: str, t):
+        """A checkpoint tensor as this rank stores it: sliced for tensor parallelism, scales normalised."""
+        if name in owner:
+            if name.endswith("input_scale"):
+                return t.reshape(1).float()
+            wname = owner[name]
+            wshape = reader.tensors[wname].shape
+            sliced = shard_scale(cfg, tp, wname, wshape, scale_layout(wshape, t.shape), t)
+            lshape = shard_weight(cfg, tp, wname, torch.empty(wshape, device="meta")).shape
+            return normalise_scale(lshape, sliced)
+        return shard_weight(cfg, tp, name, t) if name.endswith(".weight") else t
+
+    def meta(name: str):
+        return local(name, torch.empty(reader.tensors[name].shape, device="meta"))
 
     with torch.device("meta"):
-        model = BailingMoeForCausalLM(cfg)
+        model = BailingMoeForCausalLM(cfg, tp)
+        _swap_fp8(model, fp8, meta)
     params = dict(model.named_parameters())
     filled: dict[str, torch.Tensor] = {}
+    keep = ("expert_bias", "_scale")  # fp32 whatever `dtype` says (expert_bias, weight/input scales)
 
     def target_dtype(pname: str):
-        return torch.float32 if pname.endswith("expert_bias") else dtype
+        p = params[pname]
+        return p.dtype if p.dtype == FP8_DTYPE or pname.endswith(keep) else dtype
 
     names = [n for n in reader.tensors if n not in report.unexpected]
     from angelcli.console import progress as progress_bar
@@ -226,17 +323,20 @@ def load_model(model_dir: str | Path, *, dtype=None, device="cpu", strict: bool 
             pname, expert, part = map_checkpoint_name(name)
             if pname not in params:
                 continue
-            t = reader.get(name)
+            t = local(name, reader.get(name))
             if expert is None:
+                if tuple(t.shape) != tuple(params[pname].shape):
+                    raise IntegrityError(f"{model_dir}: {name} loads as {list(t.shape)}, the model needs "
+                                         f"{list(params[pname].shape)} for {pname}")
                 filled[pname] = t.to(device=device, dtype=target_dtype(pname))
             else:
                 if pname not in filled:
-                    filled[pname] = torch.empty(params[pname].shape, dtype=dtype, device=device)
+                    filled[pname] = torch.empty(params[pname].shape, dtype=target_dtype(pname), device=device)
                 dest = filled[pname][expert]
                 if part is not None:
                     rows = dest.shape[0] // 2
                     dest = dest[part * rows : (part + 1) * rows]
-                dest.copy_(t)
+                dest.copy_(t.reshape(dest.shape))
             bar.advance(1)
 
     for pname, tensor in filled.items():
@@ -249,6 +349,41 @@ def load_model(model_dir: str | Path, *, dtype=None, device="cpu", strict: bool 
     model.rotary = Rotary(cfg).to(device)
     model.eval()
     return model, cfg, report
+
+
+def _swap_fp8(model, fp8: dict[str, Fp8Weight], meta) -> None:
+    """Turn the modules whose checkpoint weights are FP8 into FP8 modules (model on the meta device).
+
+    meta(name) gives a checkpoint tensor's local, normalised shape without reading it. Stacked experts of
+    one layer must be all FP8 with one scale layout (the kernels take one layout per layer).
+    """
+    import re
+
+    from angelcli.model.fp8 import swap_to_fp8
+
+    dense, experts = {}, {}
+    for w in fp8.values():
+        m = re.fullmatch(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight", w.weight)
+        if m:
+            experts.setdefault(int(m[1]), {})[(int(m[2]), m[3])] = w
+        else:
+            dense[w.weight[: -len(".weight")]] = (tuple(meta(w.scale).shape), w.input_scale is not None)
+    swap_to_fp8(model, dense)
+    for layer, ws in experts.items():
+        mod = model.model.layers[layer].mlp.experts
+        E = mod.w13.shape[0]
+        where = f"model.layers.{layer}.mlp.experts"
+        if len(ws) != 3 * E:
+            raise IntegrityError(f"{where}: {len(ws)} of {3 * E} expert weights are FP8; a layer's experts must "
+                                 "be quantised all together")
+        gate, up, down = (tuple(meta(ws[(0, p)].scale).shape) for p in ("gate", "up", "down"))
+        for (e, p), w in ws.items():
+            if tuple(meta(w.scale).shape) != {"gate": gate, "up": up, "down": down}[p]:
+                raise IntegrityError(f"{w.scale}: scale layout differs from expert 0's; a layer's experts "
+                                     "must share one FP8 scale layout")
+        w13_scale = (gate[0] + up[0], *gate[1:])  # gate rows / blocks, then up
+        static = any(w.input_scale for w in ws.values())
+        mod.to_fp8(w13_scale, down, static)
 
 
 class _nullbar:

@@ -1,6 +1,17 @@
-"""Open a model for inference: resolve MODEL, pick device/dtype/backend, load weights, build the engine.
+"""Open a model for inference: resolve MODEL, pick device/dtype/backend, plan GPU memory, load weights,
+build the engine; with tp > 1 also launch the tensor-parallel workers (engine/tp.py).
 
-Shared by `generate`, `chat`, `verify`, `draft-train` so each of them accepts the same options the same way.
+Shared by `generate`, `chat`, `verify`, `draft-train` so each of them accepts the same options the same way:
+
+    rt = open_runtime(model, device="auto", dtype="auto", backend="auto", tp=1)
+    rt.engine.generate(ids, params) ...
+    rt.close()          # only matters with tp > 1 (also done at exit)
+
+backend "auto": triton on CUDA, torch on CPU. dtype "auto": float32 for the torch backend on CPU (exact and
+fast enough for tiny models), bfloat16 otherwise (the triton kernels run bf16 activations).
+On CUDA the planner (angelcli/planner.py) checks at start that weights + runtime reserve + one sequence of
+`max_seq_len` tokens fit on every GPU and sizes the KV block pool; if not, ResourceError (exit 4) says why
+before anything is loaded.
 """
 
 from __future__ import annotations
@@ -9,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from angelcli.config import ModelConfig, load_generation_eos
-from angelcli.errors import UsageError
+from angelcli.errors import ResourceError, UsageError
 
 BACKENDS = ("auto", "torch", "triton")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -26,7 +37,10 @@ class Runtime:
     dtype: str
     backend: str
     _tokenizer: object = None
-    draft_dir: Path | None = None  # the EAGLE3 draft the engine speculates with (engine is a SpeculativeEngine)
+    tp: int = 1
+    launch: object = None  # engine.tp.Launch on rank 0 of a tensor-parallel runtime
+    plan: object = None  # planner.Plan on CUDA
+    draft_dir: Path | None = None  # the EAGLE3 draft the engine speculates with (engine.speculator)
 
     @property
     def tokenizer(self):
@@ -36,6 +50,11 @@ class Runtime:
 
             self._tokenizer = load_tokenizer(self.model_dir)
         return self._tokenizer
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers (no-op for one process)."""
+        if self.launch is not None:
+            self.launch.close()
 
 
 def pick_device(device: str) -> str:
@@ -48,43 +67,87 @@ def pick_device(device: str) -> str:
     return device
 
 
-def pick_dtype(dtype: str, device: str):
+def pick_backend(backend: str, device: str, dtype: str = "auto") -> str:
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}")
+    if backend == "auto":  # the kernels run bf16/fp16 activations; float32 stays on the reference backend
+        return "triton" if device.startswith("cuda") and dtype != "float32" else "torch"
+    return backend
+
+
+def pick_dtype(dtype: str, device: str, backend: str = "torch"):
     import torch
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}")
     if dtype == "auto":
-        # fp32 on CPU: exact and fast enough for tiny models; bf16 on GPUs, as the checkpoints ship.
-        dtype = "float32" if device == "cpu" else "bfloat16"
+        dtype = "float32" if device == "cpu" and backend == "torch" else "bfloat16"
+    if backend == "triton" and dtype == "float32":
+        raise UsageError("--backend triton runs bfloat16 activations; use --dtype bfloat16 (or --backend torch)")
     return getattr(torch, dtype), dtype
 
 
 def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
-                 max_seq_len: int | None = None, progress: bool = False, use_draft: bool | None = False,
-                 draft: str | None = None, draft_k: int = 3) -> Runtime:
-    """use_draft: False = plain decoding (the default for library callers); None = speculative decoding when
-    the model has a draft attached (what `generate` and `chat` pass by default); True = require one.
+                 max_seq_len: int | None = None, progress: bool = False, tp: int = 1, kv_tokens: int | None = None,
+                 _tp=None, use_draft: bool | None = False, draft: str | None = None, draft_k: int = 3) -> Runtime:
+    """tp: tensor-parallel degree (processes launched here; rank r uses cuda:r). kv_tokens: KV budget of the
+    triton backend (default: the planner's on CUDA). _tp: set inside a worker (engine/tp.py).
+    use_draft: False = plain decoding (the default for library callers); None = speculative decoding when the
+    model has an EAGLE3 draft attached (what `generate` and `chat` pass by default); True = require one.
     draft: a draft directory or store name for this run (angelcli/eagle/attach.py)."""
     from angelcli.engine import Engine
     from angelcli.loader import load_model
     from angelcli.resolve import resolve_model
 
-    if backend not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}")
+    if tp < 1:
+        raise UsageError("--tp must be >= 1")
     model_dir = resolve_model(model)
     dev = pick_device(device)
-    tdtype, dname = pick_dtype(dtype, dev)
-    chosen = "torch" if backend == "auto" else backend
+    chosen = pick_backend(backend, dev, dtype)
+    tdtype, dname = pick_dtype(dtype, dev, chosen)
     if chosen == "triton":
         try:
-            from angelcli.engine import triton_backend  # noqa: F401  (issue 6)
+            from angelcli.engine import triton_backend  # noqa: F401
+            import triton  # noqa: F401
         except ImportError:
-            raise UsageError("--backend triton: the triton engine backend is not part of this build") from None
-    net, cfg, _ = load_model(model_dir, dtype=tdtype, device=dev, progress=progress)
-    engine = Engine(net, cfg, device=dev, max_seq_len=max_seq_len, backend=chosen)
-    rt = Runtime(model_dir, cfg, net, engine, load_generation_eos(model_dir, cfg), dev, dname, chosen)
-    if use_draft is not False or draft is not None:
-        from angelcli.eagle.attach import speculative_engine
+            raise UsageError("--backend triton: triton is not installed (pip install triton)") from None
+    cfg = ModelConfig.from_file(model_dir)
+    plan = None
+    if dev.startswith("cuda"):
+        from angelcli.planner import device_plan
 
-        rt.engine, rt.draft_dir = speculative_engine(rt, use_draft=use_draft, draft=draft, k=draft_k, model_spec=model)
+        context = max_seq_len or min(cfg.max_position_embeddings, 8192)
+        plan = device_plan(cfg, tp, context, 0 if _tp is None else _tp.rank, model=str(model or model_dir.name))
+        if not plan.fits:
+            raise ResourceError(plan.summary())
+        kv_tokens = kv_tokens or plan.kv_tokens
+    launch = None
+    if tp > 1 and _tp is None:
+        from angelcli.engine.tp import Launch
+
+        launch = Launch(tp, dict(model=str(model_dir), device=device, dtype=dname, backend=chosen,
+                                 max_seq_len=max_seq_len, kv_tokens=kv_tokens, tp=tp), dev.split(":")[0])
+        _tp = launch.tp
+    if _tp is not None and dev.startswith("cuda"):
+        dev = f"cuda:{_tp.rank}"
+    try:
+        net, cfg, _ = load_model(model_dir, dtype=tdtype, device=dev, progress=progress, tp=_tp)
+        engine = Engine(net, cfg, device=dev, max_seq_len=max_seq_len, backend=chosen, kv_tokens=kv_tokens)
+        if launch is not None:
+            launch.wait_ready()
+    except BaseException:
+        if launch is not None:
+            launch.close()
+        raise
+    rt = Runtime(model_dir, cfg, net, engine, load_generation_eos(model_dir, cfg), dev, dname, chosen,
+                 tp=tp, launch=launch, plan=plan)
+    if _tp is None and (use_draft is not False or draft is not None):
+        from angelcli.eagle.attach import enable_draft
+
+        try:
+            rt.draft_dir = enable_draft(engine, model_dir, use_draft=use_draft, draft=draft, k=draft_k,
+                                        model_spec=model)
+        except BaseException:
+            rt.close()
+            raise
     return rt

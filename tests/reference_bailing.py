@@ -20,10 +20,14 @@ def silu(x):
     return x * torch.sigmoid(x)
 
 
-def mlp(x, sd, prefix):
-    g = x @ sd[prefix + ".gate_proj.weight"].T
-    u = x @ sd[prefix + ".up_proj.weight"].T
-    return (silu(g) * u) @ sd[prefix + ".down_proj.weight"].T
+def plain_linear(x, sd, name):
+    return x @ sd[name].T
+
+
+def mlp(x, sd, prefix, lin=plain_linear):
+    g = lin(x, sd, prefix + ".gate_proj.weight")
+    u = lin(x, sd, prefix + ".up_proj.weight")
+    return lin(silu(g) * u, sd, prefix + ".down_proj.weight")
 
 
 def rope_tables(cfg, T):
@@ -68,8 +72,11 @@ def route_token(logit_row, bias, cfg):
     return chosen, [x * cfg["routed_scaling_factor"] for x in w]
 
 
-def forward(cfg, sd, ids):
-    """ids: list[int] -> logits [T, V] fp32 (whole sequence, no cache)."""
+def forward(cfg, sd, ids, lin=plain_linear):
+    """ids: list[int] -> logits [T, V] fp32 (whole sequence, no cache).
+
+    lin(x, sd, weight_name) computes x @ W^T for every projection except the router and the head (tests of
+    quantised checkpoints pass their own)."""
     T = len(ids)
     H, nh, nkv, D = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
     eps = cfg["rms_norm_eps"]
@@ -78,7 +85,7 @@ def forward(cfg, sd, ids):
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}"
         x = rmsnorm(h, sd[p + ".input_layernorm.weight"], eps)
-        qkv = x @ sd[p + ".attention.query_key_value.weight"].T
+        qkv = lin(x, sd, p + ".attention.query_key_value.weight")
         q = qkv[:, : nh * D].view(T, nh, D).transpose(0, 1)
         k = qkv[:, nh * D: (nh + nkv) * D].view(T, nkv, D).transpose(0, 1)
         v = qkv[:, (nh + nkv) * D:].view(T, nkv, D).transpose(0, 1)
@@ -92,10 +99,10 @@ def forward(cfg, sd, ids):
             sc = sc.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
             outs.append(torch.softmax(sc.float(), -1).to(q.dtype) @ v[kv])
         attn = torch.cat(outs, dim=-1)
-        h = h + attn @ sd[p + ".attention.dense.weight"].T
+        h = h + lin(attn, sd, p + ".attention.dense.weight")
         x = rmsnorm(h, sd[p + ".post_attention_layernorm.weight"], eps)
         if i < cfg["first_k_dense_replace"]:
-            h = h + mlp(x, sd, p + ".mlp")
+            h = h + mlp(x, sd, p + ".mlp", lin)
             continue
         logits = x.float() @ sd[p + ".mlp.gate.weight"].float().T
         bias = sd[p + ".mlp.gate.expert_bias"]
@@ -104,9 +111,9 @@ def forward(cfg, sd, ids):
             chosen, w = route_token(logits[t], bias, cfg)
             acc = torch.zeros(H, dtype=torch.float32)
             for e, we in zip(chosen, w):
-                acc += mlp(x[t: t + 1], sd, f"{p}.mlp.experts.{e}")[0].float() * we
+                acc += mlp(x[t: t + 1], sd, f"{p}.mlp.experts.{e}", lin)[0].float() * we
             y[t] = acc
-        y = y.to(h.dtype) + mlp(x, sd, p + ".mlp.shared_experts")
+        y = y.to(h.dtype) + mlp(x, sd, p + ".mlp.shared_experts", lin)
         h = h + y
     h = rmsnorm(h, sd["model.norm.weight"], eps)
     return (h @ sd["lm_head.weight"].T).float()

@@ -5,16 +5,31 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args, env=None, input=None):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+def run_subprocess(*args):
+    e = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "angelcli", *args], capture_output=True, text=True, env=e,
-                          input=input, timeout=300)
+                          timeout=300)
+
+
+@pytest.fixture
+def run(capsys):
+    """Run `angel ARGS` in this process (fast: torch is imported once) -> result with returncode/stdout/stderr."""
+    from angelcli.cli import main
+
+    def _run(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=exit_info.value.code, stdout=out.out, stderr=out.err)
+
+    return _run
 
 
 def test_help_does_not_import_torch():
@@ -28,7 +43,7 @@ def test_help_does_not_import_torch():
     assert "generate" in out.stdout
 
 
-def test_every_verb_has_help():
+def test_every_verb_has_help(run):
     from angelcli.cli import COMMANDS, app  # noqa: F401
 
     for verb, _ in COMMANDS:
@@ -38,26 +53,26 @@ def test_every_verb_has_help():
         assert r.returncode == 0, (verb, r.stderr)
 
 
-def test_missing_model_path_is_one_line_exit_2(tmp_path):
+def test_missing_model_path_is_one_line_exit_2(run, tmp_path):
     r = run("generate", str(tmp_path / "missing"), "--prompt", "hi")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
     assert "not found" in r.stderr
 
 
-def test_truncated_shard_is_one_line_exit_3(tmp_path):
+def test_truncated_shard_is_one_line_exit_3(run, tmp_path):
     from angelcli.fixtures import write_tiny_checkpoint
 
     ck = write_tiny_checkpoint(tmp_path / "m")
     shard = sorted(ck.glob("model-*.safetensors"))[1]
     shard.write_bytes(shard.read_bytes()[:-64])
-    r = run("generate", str(ck), "--input-ids", "1,2")
+    r = run_subprocess("generate", str(ck), "--input-ids", "1,2")  # a real process: exit code and stderr as users see them
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr and shard.name in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_usage_errors(tiny_ckpt, tmp_path):
+def test_usage_errors(run, tiny_ckpt, tmp_path):
     assert run("generate", str(tiny_ckpt)).returncode == 2
     assert run("generate", str(tiny_ckpt), "--input-ids", "1,x").returncode == 2
     assert run("generate", str(tiny_ckpt), "--prompt", "a", "--top-p", "0").returncode == 2
@@ -69,7 +84,7 @@ def test_usage_errors(tiny_ckpt, tmp_path):
     assert r.returncode == 2
 
 
-def test_generate_json_contract(tiny_ckpt):
+def test_generate_json_contract(run, tiny_ckpt):
     r = run("generate", str(tiny_ckpt), "--prompt", "What is a fever?", "-n", "5", "--logprobs", "3", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
@@ -83,13 +98,13 @@ def test_generate_json_contract(tiny_ckpt):
     assert {"prompt_tokens", "generated_tokens", "time_to_first_token", "decode_tokens_per_s"} <= set(res["stats"])
 
 
-def test_generate_input_ids_and_seed_determinism(tiny_ckpt):
+def test_generate_input_ids_and_seed_determinism(run, tiny_ckpt):
     args = ["generate", str(tiny_ckpt), "--input-ids", "4,5,6", "-n", "6", "--temperature", "0.9", "--seed", "3", "--json"]
     a, b = json.loads(run(*args).stdout), json.loads(run(*args).stdout)
     assert a["ids"] == b["ids"] and a["prompt"] is None and a["prompt_ids"] == [4, 5, 6]
 
 
-def test_generate_batch_one_result_per_line(tiny_ckpt, tmp_path):
+def test_generate_batch_one_result_per_line(run, tiny_ckpt, tmp_path):
     batch = tmp_path / "req.jsonl"
     lines = [{"prompt": "hi"}, {"input_ids": [1, 2, 3], "max_new_tokens": 2},
              {"messages": [{"role": "user", "content": "头痛怎么办"}], "id": "zh"}]
@@ -101,7 +116,7 @@ def test_generate_batch_one_result_per_line(tiny_ckpt, tmp_path):
     assert len(out[1]["ids"]) <= 2
 
 
-def test_messages_file(tiny_ckpt, tmp_path):
+def test_messages_file(run, tiny_ckpt, tmp_path):
     f = tmp_path / "m.json"
     f.write_text(json.dumps([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]))
     res = json.loads(run("generate", str(tiny_ckpt), "--messages", str(f), "-n", "2", "--json").stdout)
@@ -111,5 +126,5 @@ def test_messages_file(tiny_ckpt, tmp_path):
 
 
 def test_version():
-    r = run("--version")
+    r = run_subprocess("--version")
     assert r.returncode == 0 and r.stdout.startswith("angel ")

@@ -209,6 +209,7 @@ def test_read_user_data_file_errors(tmp_path):
         read_user_data(_write(tmp_path, "x.csv", "a,b\n"))
     with pytest.raises(UsageError, match=r"latin\.txt:2: not valid UTF-8"):
         read_user_data(_write(tmp_path, "latin.txt", b"ok\ncaf\xe9\n", mode="wb"))
+    assert read_user_data(_write(tmp_path, "bom.jsonl", b'\xef\xbb\xbf{"text": "x"}\n', mode="wb")) == [{"text": "x"}]
     with pytest.raises(UsageError, match=r"empty\.txt: no samples found"):
         read_user_data(_write(tmp_path, "empty.txt", ""))
 

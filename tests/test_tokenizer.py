@@ -7,7 +7,6 @@ written for this test (it does not use Jinja), on conversations covering every r
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -132,9 +131,7 @@ def small(tmp_path_factory):
     from transformers import AutoTokenizer
 
     out = tmp_path_factory.mktemp("small_tok")
-    t0 = time.perf_counter()
     build_small_tokenizer(out)
-    assert time.perf_counter() - t0 < 1.0
     return AutoTokenizer.from_pretrained(str(out), local_files_only=True)
 
 
@@ -248,8 +245,6 @@ def test_build_tokenizer_small_vocab_and_errors(tmp_path):
 def test_shipped_tokenizer_is_rebuilt_identically_from_the_train_split(tmp_path):
     from angelcli.tiny.tokenizer import build_tiny_tokenizer
 
-    t0 = time.perf_counter()
     out = build_tiny_tokenizer(tmp_path)
-    assert time.perf_counter() - t0 < 15  # "trains in seconds" (about 1 s here), with slack for slow CI
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         assert (out / name).read_bytes() == (TINY_TOKENIZER_DIR / name).read_bytes(), name

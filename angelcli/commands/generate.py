@@ -26,6 +26,8 @@ def generate(
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE", help="auto|cpu|cuda|cuda:N."),
     backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND", help="auto|torch|triton."),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Context length to allocate."),
+    tp: int = typer.Option(1, "--tp", envvar="ANGEL_TP", help="Tensor-parallel GPUs (processes launched by angel)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Requests of a --batch file decoded together."),
     draft: Optional[bool] = typer.Option(None, "--draft/--no-draft",
                                          help="Speculative decoding with the model's EAGLE3 draft "
                                               "(default: on when one is attached; see draft-attach)."),
@@ -42,14 +44,14 @@ def generate(
       angel generate --input-ids 12,7,99 --max-new-tokens 8 --json
       angel generate --batch requests.jsonl > results.jsonl
       angel generate --prompt "..." --no-draft   (plain decoding even when a draft is attached)
+      angel generate antangelmed-fp8 --tp 2 --prompt "..."
     """
     import sys
-    from dataclasses import replace
-
     from angelcli.console import emit_json, log, progress
     from angelcli.engine.sampling import SamplingParams
     from angelcli.errors import UsageError
-    from angelcli.generate import GenRequest, parse_input_ids, read_batch_file, read_messages_file, run_request
+    from angelcli.generate import (GenRequest, parse_input_ids, read_batch_file, read_messages_file, run_batch,
+                                   run_request)
     from angelcli.runtime import open_runtime
 
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
@@ -66,21 +68,28 @@ def generate(
             raise UsageError("nothing to generate from: give --prompt, --messages, --input-ids or --batch")
         req.validate("arguments")
         jobs = [(req, {})]
-    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len,
+    if batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, tp=tp,
                       use_draft=draft, draft=draft_path, draft_k=draft_k)
-    if batch is not None:
-        with progress("generate", total=len(jobs), unit="requests") as bar:
-            for n, (req, over) in enumerate(jobs):
-                rid = over.pop("id", n)
-                if req.system is None:
-                    req.system = system
-                result = run_request(rt, req, replace(params, **over))
-                emit_json({"id": rid, **result})
-                bar.advance(1)
-        return
-    req = jobs[0][0]
-    stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    result = run_request(rt, req, params, on_text=stream)
+    try:
+        if batch is not None:
+            with progress("generate", total=len(jobs), unit="requests") as bar:
+                for a in range(0, len(jobs), batch_size):
+                    group = jobs[a : a + batch_size]
+                    ids = [over.pop("id", a + n) for n, (_, over) in enumerate(group)]
+                    for req, _ in group:
+                        if req.system is None:
+                            req.system = system
+                    for rid, result in zip(ids, run_batch(rt, group, params)):
+                        emit_json({"id": rid, **result})
+                    bar.advance(len(group))
+            return
+        req = jobs[0][0]
+        stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        result = run_request(rt, req, params, on_text=stream)
+    finally:
+        rt.close()
     if json_out:
         emit_json(result)
         return

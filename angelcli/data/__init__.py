@@ -100,7 +100,7 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # tolerate the byte-order mark some Windows editors write
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise UsageError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from exc

@@ -2,6 +2,8 @@
 
 from angelcli.engine.engine import Engine, GenerationStats, StepOutput
 from angelcli.engine.kv_cache import KVCache
+from angelcli.engine.paged_cache import BlockPool, PagedKVCache, StepInput
 from angelcli.engine.sampling import SamplingParams
 
-__all__ = ["Engine", "GenerationStats", "KVCache", "SamplingParams", "StepOutput"]
+__all__ = ["BlockPool", "Engine", "GenerationStats", "KVCache", "PagedKVCache", "SamplingParams", "StepInput",
+           "StepOutput"]

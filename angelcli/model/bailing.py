@@ -33,13 +33,31 @@ class Stacked:
     part: int | None  # for w13: 0 = gate rows, 1 = up rows; None = the whole expert slice
 
 
+@dataclass(frozen=True)
+class Renamed:
+    """A checkpoint tensor that loads whole into a parameter of another name."""
+
+    param: str  # parameter name pattern with {m}
+
+
+_EXPERT = r"model\.layers\.(?P<i>\d+)\.mlp\.experts\.(?P<e>\d+)\."
+_W13, _W2 = "model.layers.{i}.mlp.experts.w13", "model.layers.{i}.mlp.experts.w2"
+
 # Checkpoint name (regex with named groups) -> where it goes. Everything not listed loads 1:1 by name.
-# FP8 checkpoints add `<name>_scale_inv` beside each quantised weight; the quantised layout extends this
-# table with the same patterns (see docs/formats.md).
-CHECKPOINT_MAP: list[tuple[str, Stacked]] = [
-    (r"model\.layers\.(?P<i>\d+)\.mlp\.experts\.(?P<e>\d+)\.gate_proj\.weight", Stacked("model.layers.{i}.mlp.experts.w13", 0)),
-    (r"model\.layers\.(?P<i>\d+)\.mlp\.experts\.(?P<e>\d+)\.up_proj\.weight", Stacked("model.layers.{i}.mlp.experts.w13", 1)),
-    (r"model\.layers\.(?P<i>\d+)\.mlp\.experts\.(?P<e>\d+)\.down_proj\.weight", Stacked("model.layers.{i}.mlp.experts.w2", None)),
+# FP8 checkpoints (angelcli/model/fp8.py) carry companions of each quantised `X.weight`: the scale
+# `X.weight_scale_inv` (native fp8) or `X.weight_scale` (compressed-tensors), and `X.input_scale` (static
+# activations). Expert companions stack like the weights; every other scale loads into `X.weight_scale`.
+CHECKPOINT_MAP: list[tuple[str, Stacked | Renamed]] = [
+    (_EXPERT + r"gate_proj\.weight", Stacked(_W13, 0)),
+    (_EXPERT + r"up_proj\.weight", Stacked(_W13, 1)),
+    (_EXPERT + r"down_proj\.weight", Stacked(_W2, None)),
+    (_EXPERT + r"gate_proj\.weight_scale(_inv)?", Stacked(_W13 + "_scale", 0)),
+    (_EXPERT + r"up_proj\.weight_scale(_inv)?", Stacked(_W13 + "_scale", 1)),
+    (_EXPERT + r"down_proj\.weight_scale(_inv)?", Stacked(_W2 + "_scale", None)),
+    (_EXPERT + r"gate_proj\.input_scale", Stacked(_W13 + "_input_scale", 0)),
+    (_EXPERT + r"up_proj\.input_scale", Stacked(_W13 + "_input_scale", 1)),
+    (_EXPERT + r"down_proj\.input_scale", Stacked(_W2 + "_input_scale", None)),
+    (r"(?P<m>.+)\.weight_scale_inv", Renamed("{m}.weight_scale")),
 ]
 _COMPILED = [(re.compile(p + r"$"), target) for p, target in CHECKPOINT_MAP]
 
@@ -70,6 +88,8 @@ def map_checkpoint_name(name: str) -> tuple[str, int | None, int | None]:
     for regex, target in _COMPILED:
         m = regex.match(name)
         if m:
+            if isinstance(target, Renamed):
+                return target.param.format(m=m["m"]), None, None
             return target.param.format(i=m["i"]), int(m["e"]), target.part
     return name, None, None
 
@@ -119,12 +139,12 @@ def expected_shape(cfg: ModelConfig, name: str) -> tuple[int, ...]:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, i: int):
+    def __init__(self, cfg: ModelConfig, i: int, tp=None):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.attention = Attention(cfg, i)
+        self.attention = Attention(cfg, i, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = SparseMoe(cfg, i) if cfg.is_moe_layer(i) else MLP(cfg.hidden_size, cfg.intermediate_size)
+        self.mlp = SparseMoe(cfg, i, tp) if cfg.is_moe_layer(i) else MLP(cfg.hidden_size, cfg.intermediate_size, tp)
 
     def forward(self, h, cos, sin, cache=None, router_out=None):
         h = h + self.attention(self.input_layernorm(h), cos, sin, cache)
@@ -133,10 +153,10 @@ class DecoderLayer(nn.Module):
 
 
 class BailingModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, tp=None):
         super().__init__()
-        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)  # replicated under TP
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i, tp) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -148,11 +168,17 @@ class ForwardOutput:
 
 
 class BailingMoeForCausalLM(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, tp=None):
+        """tp: a TensorParallel (model/parallel.py) to build this rank's slice; None = the whole model."""
         super().__init__()
+        from angelcli.model.parallel import lm_head_split
+
         self.config = cfg
-        self.model = BailingModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tp = tp if tp is not None and tp.world > 1 else None
+        self.model = BailingModel(cfg, self.tp)
+        self.vocab_split = self.tp is not None and lm_head_split(cfg, self.tp.world)
+        vocab = cfg.vocab_size // self.tp.world if self.vocab_split else cfg.vocab_size
+        self.lm_head = nn.Linear(cfg.hidden_size, vocab, bias=False)
         self.rotary = Rotary(cfg)
 
     def forward(
@@ -173,6 +199,8 @@ class BailingMoeForCausalLM(nn.Module):
         MoE layer's RouterOutput (routing verification). last_only: compute logits for the last position only.
         """
         B, T = input_ids.shape
+        if positions is None and getattr(cache, "is_ragged", False):
+            positions = cache.positions(T)  # [B, T]: each row continues from its own length
         if positions is None:
             start = cache.seq_len if cache is not None else 0
             positions = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
@@ -189,5 +217,8 @@ class BailingMoeForCausalLM(nn.Module):
         h = self.model.norm(h)
         if last_only:
             h = h[:, -1:]
-        out.logits = self.lm_head(h).float()
+        logits = self.lm_head(h)
+        if self.vocab_split:
+            logits = self.tp.all_gather_last(logits)  # [B, T, V]: each rank computed V / world columns
+        out.logits = logits.float()
         return out

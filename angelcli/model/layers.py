@@ -97,10 +97,16 @@ def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 class Attention(nn.Module):
     """Fused [Q|K|V] projection, per-head QK RMSNorm, partial RoPE, GQA causal attention, output proj."""
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, tp=None):
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads, self.num_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.tp = tp  # TensorParallel or None: this rank holds a slice of the heads (model/parallel.py)
+        if tp is not None and tp.world > 1:
+            from angelcli.model.parallel import kv_slice
+
+            self.num_heads //= tp.world
+            self.num_kv = kv_slice(cfg, tp.rank, tp.world)[1]
         qkv_rows = (self.num_heads + 2 * self.num_kv) * self.head_dim
         self.query_key_value = nn.Linear(cfg.hidden_size, qkv_rows, bias=False)
         self.dense = nn.Linear(self.num_heads * self.head_dim, cfg.hidden_size, bias=False)
@@ -109,7 +115,9 @@ class Attention(nn.Module):
         self.scale = self.head_dim**-0.5
 
     def forward(self, x, cos, sin, cache=None):
-        """x [B, T, H] -> [B, T, H]. With a cache, new K/V are appended and attention spans the whole past."""
+        """x [B, T, H] -> [B, T, H]. With a cache, new K/V are appended and attention spans the whole past.
+
+        A ragged cache (rows at different lengths, engine/kv_cache.py) supplies its own causal mask."""
         B, T, _ = x.shape
         qkv = self.query_key_value(x).view(B, T, self.num_heads + 2 * self.num_kv, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv, self.num_kv], dim=2)
@@ -117,9 +125,10 @@ class Attention(nn.Module):
         k = self.key_layernorm(k).transpose(1, 2)  # [B, Hkv, T, D]
         v = v.transpose(1, 2)
         q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
-        past = 0
+        past, ragged = 0, None
         if cache is not None:
-            past = cache.seq_len
+            ragged = cache.ragged_mask(T) if getattr(cache, "is_ragged", False) else None  # [B, 1, T, S] bool
+            past = 0 if ragged is not None else cache.seq_len
             k, v = cache.update(self.layer_idx, k, v)  # [B, Hkv, S, D]
         rep = self.num_heads // self.num_kv
         k = k.repeat_interleave(rep, dim=1)  # query head h reads KV head h // rep
@@ -127,21 +136,26 @@ class Attention(nn.Module):
         S = k.shape[2]
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [B, Hq, T, S]
         # Causal over absolute positions: new token t (at past + t) sees keys 0..past + t.
-        mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past) if ragged is None else ragged
         scores = scores.masked_fill(~mask, float("-inf"))
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
-        return self.dense(out)
+        out = self.dense(out)
+        return out if self.tp is None else self.tp.all_reduce(out)
 
 
 class MLP(nn.Module):
     """down(silu(gate(x)) * up(x)): the dense FFN of the first layers and the shared expert."""
 
-    def __init__(self, hidden: int, inter: int):
+    def __init__(self, hidden: int, inter: int, tp=None):
         super().__init__()
+        self.tp = tp  # with tensor parallelism this rank holds inter / world of the width
+        if tp is not None:
+            inter //= tp.world
         self.gate_proj = nn.Linear(hidden, inter, bias=False)
         self.up_proj = nn.Linear(hidden, inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        y = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return y if self.tp is None else self.tp.all_reduce(y)

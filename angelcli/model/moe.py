@@ -71,30 +71,68 @@ class Gate(nn.Module):
 
 
 class Experts(nn.Module):
-    """All routed experts of one layer, stacked: w13 [E, 2I, H], w2 [E, H, I]."""
+    """All routed experts of one layer, stacked: w13 [E, 2I, H], w2 [E, H, I].
 
-    def __init__(self, cfg: ModelConfig):
+    FP8 checkpoints (see to_fp8) keep w13 / w2 in float8_e4m3fn with stacked fp32 scales: block
+    w13_scale [E, 2*ceil(I/128), ceil(H/128)] (gate blocks, then up blocks) and w2_scale
+    [E, ceil(H/128), ceil(I/128)], or per-channel w13_scale [E, 2I] and w2_scale [E, H].
+    """
+
+    def __init__(self, cfg: ModelConfig, inter: int | None = None):
         super().__init__()
-        E, inter, H = cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size
+        E, H = cfg.num_experts, cfg.hidden_size
+        inter = inter or cfg.moe_intermediate_size  # a tensor-parallel rank holds a slice of I
         self.w13 = nn.Parameter(torch.empty(E, 2 * inter, H))
         self.w2 = nn.Parameter(torch.empty(E, H, inter))
         self.inter = inter
+        for name in ("w13_scale", "w2_scale", "w13_input_scale", "w2_input_scale"):
+            self.register_parameter(name, None)
+
+    def to_fp8(self, w13_scale_shape: tuple[int, ...], w2_scale_shape: tuple[int, ...], static_input: bool) -> None:
+        """Swap to FP8 storage before loading (meta device); scale shapes are per expert, in-memory layout."""
+        from angelcli.model.fp8 import FP8_DTYPE
+
+        E = self.w13.shape[0]
+
+        def param(shape, dtype):
+            return nn.Parameter(torch.empty(shape, dtype=dtype), requires_grad=False)
+
+        self.w13 = param(tuple(self.w13.shape), FP8_DTYPE)
+        self.w2 = param(tuple(self.w2.shape), FP8_DTYPE)
+        self.w13_scale = param((E, *w13_scale_shape), torch.float32)
+        self.w2_scale = param((E, *w2_scale_shape), torch.float32)
+        if static_input:  # gate and up read the same input: one scale each, [E, 2]; down [E, 1]
+            self.w13_input_scale = param((E, 2), torch.float32)
+            self.w2_input_scale = param((E, 1), torch.float32)
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert e on x [n, H] -> [n, H], in x's dtype: down(silu(gate x) * up x)."""
+        if self.w13_scale is not None:
+            return self._expert_fp8(e, x)
         w13 = self.w13[e]
         gate = F.linear(x, w13[: self.inter])
         up = F.linear(x, w13[self.inter :])
         return F.linear(F.silu(gate) * up, self.w2[e])
 
+    def _expert_fp8(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """The same expert with FP8 weights, dequantised on the fly (angelcli/model/fp8.py numerics)."""
+        from angelcli.model.fp8 import fp8_linear
+
+        w13, s13 = self.w13[e], self.w13_scale[e]
+        half = s13.shape[0] // 2  # gate scale rows (block rows or channels), then up
+        gate = fp8_linear(x, w13[: self.inter], s13[:half])
+        up = fp8_linear(x, w13[self.inter :], s13[half:])
+        return fp8_linear(F.silu(gate) * up, self.w2[e], self.w2_scale[e])
+
 
 class SparseMoe(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, tp=None):
         super().__init__()
-        self.cfg, self.layer_idx = cfg, layer_idx
-        self.gate = Gate(cfg)
-        self.experts = Experts(cfg)
-        self.shared_experts = MLP(cfg.hidden_size, cfg.shared_intermediate_size) if cfg.num_shared_experts else None
+        self.cfg, self.layer_idx, self.tp = cfg, layer_idx, tp
+        self.gate = Gate(cfg)  # replicated: every rank routes identically
+        self.experts = Experts(cfg, cfg.moe_intermediate_size // (tp.world if tp else 1))
+        self.shared_experts = (MLP(cfg.hidden_size, cfg.shared_intermediate_size, tp)
+                               if cfg.num_shared_experts else None)
 
     def router_logits(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, H] -> logits [T, E] fp32 (router weight upcast, as the reference does)."""
@@ -117,7 +155,10 @@ class SparseMoe(nn.Module):
         for e in ids.unique().tolist():
             tok, slot = (ids == e).nonzero(as_tuple=True)
             slot_out[tok, slot] = self.experts.expert(e, flat[tok]).float() * weights[tok, slot, None]
-        y = slot_out.sum(dim=1).to(x.dtype).view(shape)
+        routed = slot_out.sum(dim=1)  # [N, H] fp32; a tensor-parallel rank holds a partial sum over I
+        if self.tp is not None:
+            routed = self.tp.all_reduce(routed)
+        y = routed.to(x.dtype).view(shape)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y

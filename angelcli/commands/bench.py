@@ -1,0 +1,58 @@
+"""`angel bench`: prefill / decode tokens per second and the decode roofline fraction (not a test)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def _ints(text: Optional[str], flag: str) -> Optional[list[int]]:
+    from angelcli.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{flag}: expected positive integers")
+    return values
+
+
+def bench(
+    model: Optional[str] = typer.Argument(None, help="Checkpoint to measure (default: generated bench models)."),
+    batches: Optional[str] = typer.Option(None, "--batches", help="Batch sizes, e.g. 1,32 (CPU default 1,8)."),
+    contexts: Optional[str] = typer.Option(None, "--contexts", help="Context lengths, e.g. 1024,32768 "
+                                           "(CPU default 128,1024)."),
+    tokens: Optional[int] = typer.Option(None, "--tokens", "-n", help="Decode steps per measurement."),
+    formats: str = typer.Option("bf16,fp8", "--formats", help="Generated models to measure (no MODEL given)."),
+    device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE", help="auto|cpu|cuda."),
+    backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND", help="auto|torch|triton."),
+    tp: int = typer.Option(1, "--tp", envvar="ANGEL_TP", help="Tensor-parallel GPUs."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Measure prefill and decode throughput at batch 1/32 and context 1K/32K, BF16 and FP8, with the
+    decode step as a fraction of the memory-bandwidth roofline. On CPU everything is scaled down.
+
+    Examples:
+      angel bench
+      angel bench antangelmed-fp8 --tp 2 --json
+    """
+    from angelcli.bench import run_bench
+    from angelcli.console import emit_json, log
+
+    if tokens is not None and tokens < 2:
+        from angelcli.errors import UsageError
+
+        raise UsageError("--tokens must be >= 2 (decode speed is measured between the first and last token)")
+    report = run_bench(model, device=device, backend=backend, tp=tp, batches=_ints(batches, "--batches"),
+                       contexts=_ints(contexts, "--contexts"), tokens=tokens,
+                       formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    if report.note:
+        log(f"note: {report.note}")
+    if json_out:
+        emit_json(report.to_dict())
+    else:
+        typer.echo(report.table())

@@ -1,0 +1,247 @@
+"""The triton backend: BailingMoeV2 over a paged KV cache, every hot op from angelcli.ops.
+
+PagedModel runs the weights of an already loaded BailingMoeForCausalLM (same tensors, nothing copied,
+BF16 or FP8, whole or one tensor-parallel slice) with the same call as the model itself:
+
+    net = PagedModel(model, cfg)                      # ops="triton": kernels (CUDA, or the interpreter on CPU)
+    cache = net.new_cache(batch, max_len)             # PagedKVCache over the engine's BlockPool
+    out = net(input_ids [B, T], cache, capture_layers=(...), return_router=..., last_only=...)  # ForwardOutput
+
+so the Engine, speculative decoding and tests treat both backends alike. Per layer (N = B*T tokens):
+
+    x, r   = rms_norm(h, w, residual=r)          fused residual add (the add is rounded like HF's h + attn)
+    qkv    = x @ Wqkv^T                           torch GEMM (cuBLAS) for BF16, ops.fp8_gemm for FP8
+    q, k   = qk_norm_rope(qkv, positions)         per-head RMSNorm + partial NeoX RoPE
+    kv_cache_write(k, v, slot_mapping)            into the paged pool
+    o      = attention_prefill | attention_decode (T == 1)
+    a      = o @ Wdense^T  (+ all_reduce)
+    x, r   = rms_norm(a, w, residual=r)
+    MoE:   logits = fp32 x @ fp32 Wgate^T; (w, ids) = route(...); y = fused_moe(x, w13, w2, w, ids) + shared(x)
+           (+ one all_reduce of y under tensor parallelism)
+
+ops="torch" runs the plain-torch twins (angelcli/ops/reference.py) through the same code: a fast CPU check
+of the paged bookkeeping, and the oracle the kernels are compared with.
+
+CUDA graphs: on CUDA, decode steps (T == 1) of up to `graph_max_batch` rows replay a graph captured per
+padded batch size. Inputs go through static buffers (tokens, seq_lens, block_table); positions and slots
+are computed inside the graph from them, so a replay needs no host work besides three small copies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from angelcli.config import ModelConfig
+from angelcli.engine.paged_cache import DEFAULT_BLOCK_SIZE, BlockPool, PagedKVCache, StepInput
+from angelcli.model.bailing import ForwardOutput
+from angelcli.model.fp8 import Fp8Linear
+from angelcli.model.moe import RouterOutput, SparseMoe
+
+OP_NAMES = ("rms_norm", "qk_norm_rope", "kv_cache_write", "attention_prefill", "attention_decode", "route",
+            "fused_moe", "fp8_gemm")
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+
+
+class _Ops:
+    """The op set a PagedModel calls: Triton wrappers or their torch twins, same signatures."""
+
+    def __init__(self, which: str):
+        from angelcli import ops
+        from angelcli.ops import reference
+
+        if which not in ("triton", "torch"):
+            raise ValueError(f"ops must be 'triton' or 'torch', not {which!r}")
+        self.which = which
+        for name in OP_NAMES:
+            setattr(self, name, ops.kernel_impl(name) if which == "triton" else getattr(reference, name))
+
+
+class PagedModel:
+    def __init__(self, model, cfg: ModelConfig, *, ops: str = "triton", block_size: int = DEFAULT_BLOCK_SIZE,
+                 kv_tokens: int | None = None, cuda_graphs: bool | None = None, graph_max_batch: int = 32):
+        from angelcli.ops.reference import rope_cache
+
+        self.model, self.cfg = model, cfg
+        self.ops = _Ops(ops)
+        self.tp = model.tp
+        self.device = model.lm_head.weight.device
+        self.dtype = model.model.word_embeddings.weight.dtype
+        if ops == "triton" and self.dtype not in (torch.bfloat16, torch.float16):
+            from angelcli.errors import UsageError
+
+            raise UsageError("--backend triton runs bfloat16 (or float16) activations; use --dtype bfloat16")
+        self.block_size = block_size
+        self.kv_tokens = kv_tokens
+        self.pool: BlockPool | None = None
+        rot = model.rotary
+        self.cos_sin = rope_cache(cfg.max_position_embeddings, cfg.rotary_dim, cfg.rope_theta, self.dtype,
+                                  inv_freq=rot.inv_freq, attention_scaling=rot.scale, device=self.device)
+        for layer in model.model.layers:
+            ex = getattr(layer.mlp, "experts", None)
+            if ops == "triton" and ex is not None and ex.w13_scale is not None and ex.w13_scale.dim() == 3 \
+                    and ex.inter % 128:
+                from angelcli.errors import UsageError
+
+                raise UsageError(f"--backend triton: block-FP8 experts need an expert width that is a multiple of "
+                                 f"128 per GPU (moe_intermediate_size / tp = {ex.inter}); use --backend torch")
+        a0 = model.model.layers[0].attention
+        self.hq, self.hkv, self.head_dim = a0.num_heads, a0.num_kv, a0.head_dim
+        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
+        self.graph_max_batch = graph_max_batch
+        self._graphs: dict[tuple[int, int], tuple] = {}  # (padded batch, max_blocks) -> (graph, buffers)
+        self._graph_pool = None
+        self._graph_generation = 0
+
+    # ---- cache ----
+    def ensure_pool(self, tokens: int) -> BlockPool:
+        """The engine-wide block pool with the KV budget `kv_tokens`, created on first use. Without a fixed
+        budget it starts at the first request's size and grows when it runs out (BlockPool.grow)."""
+        if self.pool is None:
+            need = -(-(self.kv_tokens or tokens) // self.block_size)
+            self.pool = BlockPool(self.cfg, need, self.block_size, self.dtype, self.device, self.hkv,
+                                  growable=self.kv_tokens is None)
+        return self.pool
+
+    def new_cache(self, batch: int, max_len: int) -> PagedKVCache:
+        return PagedKVCache(self.ensure_pool(batch * max_len), batch, max_len)
+
+    # ---- forward ----
+    def __call__(self, input_ids: torch.Tensor, cache: PagedKVCache, *, capture_layers: tuple[int, ...] = (),
+                 return_router: bool = False, last_only: bool = False) -> ForwardOutput:
+        """input_ids [B, T] -> ForwardOutput (logits [B, T or 1, V] fp32); the cache advances by T."""
+        B, T = input_ids.shape
+        n_new = T
+        cache.reserve(T)
+        if (T == 1 and self.cuda_graphs and not capture_layers and not return_router
+                and B <= self.graph_max_batch):
+            logits = self._graph_decode(input_ids.reshape(-1), cache)
+            cache.advance(1)
+            return ForwardOutput(logits=logits[:, None])
+        step = cache.step_input(T)
+        out = ForwardOutput(logits=None)  # type: ignore[arg-type]
+        h = self.forward_tokens(input_ids.reshape(-1), step, cache.pool, capture_layers, out, return_router)
+        if last_only:
+            h = h[step.cu_seqlens_q[1:].long() - 1]  # [B, H]
+            T = 1
+        out.logits = self._logits(h).view(B, T, -1)
+        out.hidden = {i: x.view(B, -1, x.shape[-1]) for i, x in out.hidden.items()}
+        cache.advance(n_new)
+        return out
+
+    def forward_tokens(self, ids: torch.Tensor, step: StepInput, pool: BlockPool, capture_layers=(),
+                       out: ForwardOutput | None = None, return_router: bool = False) -> torch.Tensor:
+        """ids [N] -> final-norm hidden states [N, H] (graph-capturable when out is None)."""
+        m, cfg, ops = self.model.model, self.cfg, self.ops
+        h = m.word_embeddings(ids)  # [N, H]
+        residual = None
+        for i, layer in enumerate(m.layers):
+            if residual is None:
+                x, residual = ops.rms_norm(h, layer.input_layernorm.weight, cfg.rms_norm_eps), h
+            else:
+                x, residual = ops.rms_norm(h, layer.input_layernorm.weight, cfg.rms_norm_eps, residual=residual)
+            a = self._attention(layer.attention, x, step, pool.k[i], pool.v[i])
+            if self.tp is not None:
+                a = self.tp.all_reduce(a)
+            x, residual = ops.rms_norm(a, layer.post_attention_layernorm.weight, cfg.rms_norm_eps, residual=residual)
+            if isinstance(layer.mlp, SparseMoe):
+                h = self._moe(layer.mlp, x, out.router if (out is not None and return_router) else None)
+            else:
+                h = self._mlp(layer.mlp, x)
+            if self.tp is not None:
+                h = self.tp.all_reduce(h)
+            if out is not None and i in capture_layers:
+                out.hidden[i] = residual + h  # the residual stream after layer i, as HF rounds it
+        x, _ = ops.rms_norm(h, m.norm.weight, cfg.rms_norm_eps, residual=residual)
+        return x
+
+    def _linear(self, x: torch.Tensor, mod) -> torch.Tensor:
+        if isinstance(mod, Fp8Linear):
+            return self.ops.fp8_gemm(x, mod.weight, mod.weight_scale, out_dtype=x.dtype)
+        return F.linear(x, mod.weight)
+
+    def _attention(self, attn, x, step: StepInput, k_cache, v_cache) -> torch.Tensor:
+        N, ops, d = x.shape[0], self.ops, self.head_dim
+        qkv = self._linear(x, attn.query_key_value)  # [N, (Hq + 2 Hkv) D]
+        q, k = ops.qk_norm_rope(qkv, step.positions, attn.query_layernorm.weight, attn.key_layernorm.weight,
+                                self.cos_sin, self.hq, self.hkv, self.cfg.rms_norm_eps)  # [N, Hq, D], [N, Hkv, D]
+        v = qkv[:, (self.hq + self.hkv) * d:].view(N, self.hkv, d)
+        ops.kv_cache_write(k, v, k_cache, v_cache, step.slot_mapping)
+        if step.is_decode:
+            o = ops.attention_decode(q, k_cache, v_cache, step.block_table, step.seq_lens)  # [B, Hq, D]
+        else:
+            o = ops.attention_prefill(q, k_cache, v_cache, step.block_table, step.cu_seqlens_q, step.seq_lens)
+        return self._linear(o.reshape(N, self.hq * d), attn.dense)  # partial sum under TP
+
+    def _mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
+        return self._linear(F.silu(self._linear(x, mlp.gate_proj)) * self._linear(x, mlp.up_proj), mlp.down_proj)
+
+    def _moe(self, moe: SparseMoe, x: torch.Tensor, router: list | None) -> torch.Tensor:
+        cfg = self.cfg
+        logits = F.linear(x.float(), moe.gate.weight.float())  # [N, E] fp32, as the reference router
+        bias = moe.gate.expert_bias if cfg.moe_router_enable_expert_bias else None
+        w, ids = self.ops.route(logits, bias, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
+                                cfg.routed_scaling_factor)
+        if router is not None:
+            router.append(RouterOutput(moe.layer_idx, logits, ids.long(), w))
+        ex = moe.experts
+        y = self.ops.fused_moe(x, ex.w13, ex.w2, w, ids, w13_scale=ex.w13_scale, w2_scale=ex.w2_scale)
+        if moe.shared_experts is not None:
+            y = y + self._mlp(moe.shared_experts, x)
+        return y
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(h, self.model.lm_head.weight)
+        if self.model.vocab_split:
+            logits = self.tp.all_gather_last(logits)
+        return logits.float()
+
+    # ---- CUDA graphs for decode ----
+    def _graph_decode(self, tokens: torch.Tensor, cache: PagedKVCache) -> torch.Tensor:
+        """One decode step through a captured graph: tokens [B] -> logits [B, V] fp32."""
+        B = tokens.shape[0]
+        if self._graph_generation != cache.pool.generation:  # the pool grew: graphs hold old addresses
+            self._graphs.clear()
+            self._graph_generation = cache.pool.generation
+        size = next(s for s in GRAPH_BATCHES + (self.graph_max_batch,) if s >= B)
+        if (size, cache.max_blocks) not in self._graphs:
+            self._graphs[(size, cache.max_blocks)] = self._capture(size, cache.max_blocks, cache.pool)
+        graph, bufs = self._graphs[(size, cache.max_blocks)]
+        ids, seq_lens, table, logits = bufs
+        lens = torch.tensor(cache.row_lens, dtype=torch.int32).to(self.device, non_blocking=True)
+        ids[:B].copy_(tokens)
+        seq_lens[:B].copy_(lens + 1)
+        table[:B].copy_(cache.block_table)
+        seq_lens[B:].fill_(0)  # padding rows: slot -1 (no write) and an empty context
+        graph.replay()
+        return logits[:B].clone()
+
+    def _capture(self, size: int, max_blocks: int, pool: BlockPool):
+        dev, bs = self.device, self.block_size
+        ids = torch.zeros(size, dtype=torch.long, device=dev)
+        seq_lens = torch.zeros(size, dtype=torch.int32, device=dev)  # 0 = padding row: no KV write
+        table = torch.zeros(size, max_blocks, dtype=torch.int32, device=dev)
+
+        def step_from_buffers() -> StepInput:
+            pos = (seq_lens.long() - 1).clamp(min=0)
+            slot = table[torch.arange(size, device=dev), pos // bs].long() * bs + pos % bs
+            slot = torch.where(seq_lens > 0, slot, torch.full_like(slot, -1))
+            return StepInput(positions=pos, slot_mapping=slot, seq_lens=seq_lens.clamp(min=1),
+                             cu_seqlens_q=torch.arange(size + 1, dtype=torch.int32, device=dev),
+                             block_table=table, tokens_per_row=1, max_context=max_blocks * bs)
+
+        def run():
+            return self._logits(self.forward_tokens(ids, step_from_buffers(), pool))
+
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up: triton compiles, cuBLAS picks algorithms, outside the capture
+                run()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()  # one memory pool shared by all batch sizes
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            logits = run()
+        return graph, (ids, seq_lens, table, logits)

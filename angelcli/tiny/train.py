@@ -1,0 +1,230 @@
+"""Train angel-tiny: a small BailingMoeV2 with the real structure, on the bundled medical corpus, on a CPU.
+
+Structure (the real model at toy scale): layer 0 dense, then MoE layers with sigmoid group-limited routing
+(64 experts in 8 groups, keep 4 groups, top-2: the real 1/32 routed ratio), one shared expert, fp32 expert
+bias, QK-norm, partial NeoX RoPE (half of each head rotates), untied head, the Ling tokenizer's special tokens.
+
+Experts are balanced the aux-loss-free way (as the real model was trained): no balancing loss; after every
+step each MoE layer's `expert_bias` moves by `bias_rate` towards balance, up for under-loaded experts and down
+for over-loaded ones. The bias only changes which experts are chosen, never their weights.
+
+Determinism: fixed seed, fixed number of steps, single process; the same machine and thread count give the
+same weights. `angel tiny-train` (or `just tiny`) rebuilds the shipped checkpoint in about 15 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TINY_CONFIG = dict(
+    hidden_size=192, intermediate_size=512, num_hidden_layers=5, num_attention_heads=6, num_key_value_heads=2,
+    head_dim=32, num_experts=64, n_group=8, topk_group=4, num_experts_per_tok=2, moe_intermediate_size=48,
+    moe_shared_expert_intermediate_size=48, first_k_dense_replace=1, routed_scaling_factor=2.5,
+    partial_rotary_factor=0.5, max_position_embeddings=4096, rope_theta=600000.0,
+)
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 520
+    batch: int = 16
+    seq_len: int = 256
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 30
+    weight_decay: float = 0.05
+    bias_rate: float = 0.005  # aux-loss-free balancing step
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    threads: int = 2
+
+
+def tokenize_split(tok, samples: list[dict]) -> list[int]:
+    """Render every conversation with the chat template and concatenate the ids into one stream."""
+    from angelcli.tokenizer import encode, render_chat
+
+    ids: list[int] = []
+    for s in samples:
+        ids.extend(encode(tok, render_chat(tok, s["messages"], add_generation_prompt=False)))
+    return ids
+
+
+def _init_weights(model, seed: int) -> None:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        with torch.no_grad():
+            if name.endswith("expert_bias"):
+                p.zero_()
+            elif "norm" in name:
+                p.fill_(1.0)
+            else:
+                std = 0.02
+                if name.endswith(("dense.weight", "down_proj.weight", "w2")):
+                    std = 0.02 / math.sqrt(2 * model.config.num_hidden_layers)  # residual-branch outputs
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def _batches(stream, settings: TrainSettings, generator):
+    import torch
+
+    data = torch.tensor(stream, dtype=torch.long)
+    n = len(data) - settings.seq_len - 1
+    while True:
+        starts = torch.randint(0, n, (settings.batch,), generator=generator)
+        yield torch.stack([data[s : s + settings.seq_len + 1] for s in starts.tolist()])
+
+
+def evaluate(model, stream: list[int], seq_len: int = 256, max_windows: int = 64) -> dict:
+    """Mean next-token loss and perplexity over consecutive windows of a held-out id stream."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    data = torch.tensor(stream, dtype=torch.long)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for w in range(min(max_windows, (len(data) - 1) // seq_len)):
+            x = data[w * seq_len : (w + 1) * seq_len + 1][None]
+            logits = model(x[:, :-1]).logits
+            total += F.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
+            count += seq_len
+    model.train()
+    loss = total / max(count, 1)
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: list[dict], eval_samples: list[dict],
+               settings: TrainSettings | None = None, log=print,
+               model_overrides: dict | None = None) -> dict:
+    """Train and write the checkpoint to out_dir (sharded safetensors + index, config, tokenizer, generation
+    config, training_log.json). Returns the training log."""
+    import torch
+    import torch.nn.functional as F
+
+    from angelcli.config import ModelConfig
+    from angelcli.fixtures import tiny_config, write_checkpoint
+    from angelcli.model import BailingMoeForCausalLM
+    from angelcli.tokenizer import load_tokenizer
+
+    settings = settings or TrainSettings()
+    torch.manual_seed(settings.seed)
+    torch.set_num_threads(settings.threads)
+    tok = load_tokenizer(tokenizer_dir)
+    special = {t: tok.convert_tokens_to_ids(t) for t in ("<|startoftext|>", "<|endoftext|>", "<|role_end|>")}
+    cfg_dict = tiny_config(vocab_size=len(tok), bos_token_id=special["<|startoftext|>"],
+                           pad_token_id=special["<|endoftext|>"], eos_token_id=special["<|role_end|>"],
+                           **{**TINY_CONFIG, **(model_overrides or {})})
+    cfg = ModelConfig.from_dict(cfg_dict)
+    train_ids = tokenize_split(tok, train_samples)
+    eval_ids = tokenize_split(tok, eval_samples)
+    log(f"angel-tiny: {len(train_ids):,} train tokens, {len(eval_ids):,} held-out tokens, vocab {len(tok)}")
+
+    model = BailingMoeForCausalLM(cfg)
+    _init_weights(model, settings.seed)
+    model.train()
+    params = [p for n, p in model.named_parameters() if not n.endswith("expert_bias")]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95))
+    moe = [layer.mlp for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+    untrained = evaluate(model, eval_ids)
+    history = {"settings": asdict(settings), "config": {k: cfg_dict[k] for k in TINY_CONFIG},
+               "tokens": {"train": len(train_ids), "eval": len(eval_ids)},
+               "untrained_eval": untrained, "steps": [], "evals": []}
+    gen = torch.Generator().manual_seed(settings.seed + 1)
+    batches = _batches(train_ids, settings, gen)
+    t0 = time.time()
+    for step in range(1, settings.steps + 1):
+        lr = _lr(step, settings)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        x = next(batches)
+        out = model(x[:, :-1], return_router=True)
+        loss = F.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+        opt.step()
+        imbalance = _update_bias(moe, out.router, cfg.num_experts, settings.bias_rate)
+        history["steps"].append({"step": step, "loss": round(loss.item(), 4), "lr": lr,
+                                 "max_over_mean_load": round(imbalance, 3)})
+        if step % 20 == 0 or step == 1:
+            log(f"step {step}/{settings.steps} loss {loss.item():.3f} lr {lr:.2e} "
+                f"load max/mean {imbalance:.2f} ({time.time() - t0:.0f}s)")
+        if step % settings.eval_every == 0 or step == settings.steps:
+            ev = evaluate(model, eval_ids)
+            history["evals"].append({"step": step, **ev})
+            log(f"  held-out loss {ev['loss']:.3f} (perplexity {ev['perplexity']:.1f})")
+    history["train_seconds"] = round(time.time() - t0, 1)
+    history["final_eval"] = history["evals"][-1]
+
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    sd = _checkpoint_state_dict(model)
+    write_checkpoint(tmp, cfg_dict, sd, shards=2, eos_ids=[special["<|endoftext|>"], special["<|role_end|>"]])
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(tokenizer_dir) / f).exists():
+            shutil.copy(Path(tokenizer_dir) / f, tmp / f)
+    (tmp / "training_log.json").write_text(json.dumps(history, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return history
+
+
+def _lr(step: int, s: TrainSettings) -> float:
+    if step <= s.warmup:
+        return s.lr * step / s.warmup
+    progress = (step - s.warmup) / max(1, s.steps - s.warmup)
+    return s.lr * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _update_bias(moe_blocks, router_outputs, num_experts: int, rate: float) -> float:
+    """Aux-loss-free balancing: bias += rate * sign(mean load - load). Returns the worst max/mean load."""
+    import torch
+
+    worst = 0.0
+    with torch.no_grad():
+        for block, r in zip(moe_blocks, router_outputs):
+            load = torch.bincount(r.topk_ids.reshape(-1), minlength=num_experts).float()
+            mean = load.mean()
+            block.gate.expert_bias += rate * torch.sign(mean - load)
+            worst = max(worst, float(load.max() / mean))
+    return worst
+
+
+def _checkpoint_state_dict(model) -> dict:
+    """Model parameters -> checkpoint names (per-expert tensors unstacked), bf16 with fp32 expert_bias."""
+    import torch
+
+    sd = {}
+    cfg = model.config
+    inter = cfg.moe_intermediate_size
+    for name, p in model.named_parameters():
+        t = p.detach()
+        if name.endswith("experts.w13") or name.endswith("experts.w2"):
+            prefix = name.rsplit(".", 1)[0]
+            for e in range(t.shape[0]):
+                if name.endswith("w13"):
+                    sd[f"{prefix}.{e}.gate_proj.weight"] = t[e, :inter].to(torch.bfloat16).contiguous()
+                    sd[f"{prefix}.{e}.up_proj.weight"] = t[e, inter:].to(torch.bfloat16).contiguous()
+                else:
+                    sd[f"{prefix}.{e}.down_proj.weight"] = t[e].to(torch.bfloat16).contiguous()
+            continue
+        dtype = torch.float32 if name.endswith("expert_bias") else torch.bfloat16
+        sd[name] = t.to(dtype).contiguous()
+    from angelcli.model import expected_checkpoint_names
+
+    return {n: sd[n] for n in expected_checkpoint_names(cfg)}

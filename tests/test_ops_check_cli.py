@@ -1,0 +1,105 @@
+"""`angel kernels` and `angel kernels --check [--json]`: report shape, exit codes, failure detection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from angelcli.cli import main
+from angelcli.ops import cases, check
+
+
+def run(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def test_kernels_lists_ops(capsys):
+    code, out, _ = run(["kernels"], capsys)
+    assert code == 0
+    assert "fused_moe" in out and "angelcli/ops/moe.py" in out and "runs on: torch" in out
+    code, out, _ = run(["kernels", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 0 and {o["op"] for o in report["ops"]} >= {"fused_moe", "attention_decode", "fp8_gemm"}
+
+
+def test_check_json_report(capsys):
+    code, out, err = run(["kernels", "--check", "--json", "--only", "moe_align", "--only", "rms_norm"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["ok"] and report["gpu"] is None and report["triton"]
+    rows = {r["name"]: r for r in report["kernels"]}
+    assert set(rows) == {"moe_align", "rms_norm"}
+    for r in rows.values():
+        assert r["interpreter_max_err"] <= r["tolerance"]
+        assert r["aot_sm90"] is True and r["shared_bytes"] <= 227 * 1024 and r["fp8_wgmma"] is None
+    assert "checking moe_align" in err
+
+
+def test_check_human_report_and_failure_exit_code(capsys, monkeypatch):
+    monkeypatch.setitem(cases.CHECK_CASES, "rms_norm", lambda dev: (0.5, 0.1))  # a kernel off by too much
+    code, out, err = run(["kernels", "--check", "--only", "rms_norm", "--only", "quantize"], capsys)
+    assert code == 1
+    assert "rms_norm" in out and "FAIL" in out and "max error 0.5 > tolerance 0.1" in out
+    assert "quantize_fp8" in out and "1/2 ok" in out
+    assert err.strip().splitlines()[-1] == "angel: error: kernels --check: 1 failed: rms_norm"
+
+
+def test_check_reports_compile_and_shared_memory_failures(monkeypatch):
+    def boom(rec, *a, **k):
+        raise RuntimeError("ptxas exploded")
+
+    monkeypatch.setattr(check, "aot_compile", boom)
+    row = check.check_case("quantize_fp8", cases.CHECK_CASES["quantize_fp8"], gpu=False)
+    assert not row["ok"] and row["aot_sm90"] is False and "ptxas exploded" in row["failures"][0]
+
+    class Huge:
+        shared_bytes, mma = 300 * 1024, "wgmma.bf16"
+
+    monkeypatch.setattr(check, "aot_compile", lambda rec, *a, **k: Huge())
+    row = check.check_case("quantize_fp8", cases.CHECK_CASES["quantize_fp8"], gpu=False)
+    assert not row["ok"] and "shared memory" in row["failures"][0]
+
+
+def test_fp8_gemm_without_wgmma_at_64_rows_fails(monkeypatch):
+    class NoWgmma:
+        shared_bytes, mma = 1024, "mma.sync.f16"
+
+    monkeypatch.setattr(check, "aot_compile", lambda rec, *a, **k: NoWgmma())
+    recs = check.real_shape_launches("fp8_gemm[block]")
+    row = {"failures": []}
+    check._compile_all(recs, row)
+    assert row["fp8_wgmma"] is False
+    assert any("not wgmma e4m3" in f for f in row["failures"])
+
+
+def test_command_module_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, angelcli.commands.kernels; sys.exit('torch' in sys.modules or 'triton' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_bench_and_tune_need_a_gpu(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run(["kernels", "--bench"], capsys)[0] == 4
+    assert run(["tune", "--kind", "moe"], capsys)[0] == 4
+    code, _, err = run(["tune", "--kind", "gemm", "--quant", "fp8_block"], capsys)
+    assert code == 2 and "--n, --k" in err
+
+
+def test_tune_candidates_fit_and_markdown_report():
+    from angelcli.ops import bench
+
+    fp8 = bench.candidates("fp8_block", gated=True)
+    assert fp8 and all(c["BLOCK_SIZE_K"] == 128 for c in fp8)
+    assert all(bench._shared_estimate(c, 2, 1, True) <= 200 * 1024 for c in fp8)
+    md = bench.benchmarks_markdown({"date": "2026-11-24", "device": "NVIDIA_H20", "triton": "3.9.0", "rows": [
+        bench._row("fused_moe[fp8_block] M=1", 0.5, 2e9, 1e9, True, bench.PEAKS["NVIDIA_H20"])]})
+    assert "## 2026-11-24 - NVIDIA_H20" in md and "| fused_moe[fp8_block] M=1 | 0.5 | 4000.0 | 2.0 | 1.0 |" in md
