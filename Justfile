@@ -27,3 +27,7 @@ gpu-check:
 # Kernel benchmarks as a fraction of the device's peak, appended to docs/benchmarks.md (needs a CUDA GPU)
 bench-kernels:
     .venv/bin/angel kernels --bench --write docs/benchmarks.md
+
+# Block-FP8 conversion throughput and peak RSS: angel vs llmcompressor model_free_ptq on a full-width slice
+bench-quantize *ARGS:
+    {{py}} -m angelcli.bench_quantize {{ARGS}}

@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("tiny-train", "angelcli.commands.tiny_train:tiny_train"),
     ("plan", "angelcli.commands.plan:plan"),
     ("bench", "angelcli.commands.bench:bench"),
+    ("quantize", "angelcli.commands.quantize:quantize"),
     ("draft-train", "angelcli.commands.draft_train:draft_train"),
     ("draft-attach", "angelcli.commands.draft_attach:draft_attach"),
     ("draft-eval", "angelcli.commands.draft_eval:draft_eval"),
