@@ -269,7 +269,7 @@ def test_cli_train_attach_generate(tiny_ckpt, tmp_path, capsys):
     with_path = cli(capsys, "generate", tiny_ckpt, "--input-ids", ids, "-n", "24", "--draft-path", out, "--json")
     assert with_path.returncode == 0, with_path.stderr
     missing = cli(capsys, "generate", tiny_ckpt, "--input-ids", ids, "-n", "4", "--draft")
-    assert missing.returncode == 2 and "no draft attached" in missing.stderr
+    assert missing.returncode == 2 and "no draft attached" in missing.stderr and "--draft" in missing.stderr
     att = cli(capsys, "draft-attach", tiny_ckpt, out, "--json")
     assert att.returncode == 0, att.stderr
     assert json.loads(att.stdout)["ok"] and (Path(tiny_ckpt) / "draft.json").exists()
@@ -283,6 +283,12 @@ def test_cli_train_attach_generate(tiny_ckpt, tmp_path, capsys):
     assert ev.returncode == 0, ev.stderr
     rep = json.loads(ev.stdout)
     assert rep["identical"] is True and rep["tau"] >= 1 and len(rep["per_position_acceptance"]) == 3
+    # chat uses the attached draft by default (Engine.attach_draft) and reports the acceptance length
+    ch = cli(capsys, "chat", tiny_ckpt, "--once", "What is a fever?", "-n", "6", "--temperature", "0",
+             "--no-disclaimer")
+    assert ch.returncode == 0 and "mean acceptance" in ch.stderr, ch.stderr
+    ch = cli(capsys, "chat", tiny_ckpt, "--once", "What is a fever?", "-n", "6", "--no-draft", "--no-disclaimer")
+    assert ch.returncode == 0 and "mean acceptance" not in ch.stderr
 
 
 def test_user_data_with_regeneration(rt, tmp_path):

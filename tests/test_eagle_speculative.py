@@ -106,10 +106,10 @@ def test_partially_wrong_drafts_and_batches_stay_exact(target):
     wants = [plain(eng, p, n) for p in prompts]
     wrong = frozenset({(0, 2), (0, 9), (1, 3), (1, 4), (2, 15), (0, 21), (2, 22)})
     spec = SpeculativeEngine(eng, ScriptedDrafter(wants, wrong), k=3)
-    assert spec.generate_batch(prompts, SamplingParams(max_new_tokens=n)) == wants
+    assert spec.generate_lockstep(prompts, SamplingParams(max_new_tokens=n)) == wants
     assert 1 < spec.last_stats.mean_acceptance_length < 4
     spec = SpeculativeEngine(eng, random_draft(model, cfg, seed=3), k=3)
-    assert spec.generate_batch(prompts, SamplingParams(max_new_tokens=n)) == wants
+    assert spec.generate_lockstep(prompts, SamplingParams(max_new_tokens=n)) == wants
     # single-row streaming with the same scripted mistakes
     spec = SpeculativeEngine(eng, ScriptedDrafter(wants[:1], wrong), k=3)
     assert [s.token_id for s in spec.generate(prompts[0], SamplingParams(max_new_tokens=n))] == wants[0]
@@ -242,3 +242,41 @@ def test_sampling_run_is_seeded_and_valid(target):
     a = [s.token_id for s in spec.generate([3, 4, 5], p)]
     b = [s.token_id for s in spec.generate([3, 4, 5], p)]
     assert a == b and len(a) == 16 and all(0 <= t < cfg.vocab_size for t in a)
+
+
+def test_paged_cache_across_block_boundaries(target):
+    """The triton backend's paged cache (16-token blocks; the ops' torch twins in float32): rounds verify and
+    roll back across block boundaries, every block returns to the pool, output == the torch backend's."""
+    model, cfg = target
+    ref = Engine(model, cfg)
+    paged = Engine(model, cfg, backend="triton", paged_ops="torch")
+    prompt = list(range(30, 43))  # 13 tokens: the first round already straddles the 16-token boundary
+    want = plain(ref, prompt, 45)
+    for drafter in (ScriptedDrafter([want], frozenset({(0, 5), (0, 18), (0, 19)})), random_draft(model, cfg)):
+        spec = SpeculativeEngine(paged, drafter, k=4)
+        assert [s.token_id for s in spec.generate(prompt, SamplingParams(max_new_tokens=45))] == want
+        assert paged.net.pool.free_tokens == paged.net.pool.capacity_tokens
+
+
+def test_engine_attach_draft_contract(target, tmp_path):
+    """Engine.attach_draft(model_dir, required) (the hook chat calls): generate() then speculates, with
+    identical greedy output and mean_acceptance_length in last_stats; generate_batch stays plain."""
+    from angelcli.eagle.attach import LINK_FILE, LINK_FORMAT
+    from angelcli.eagle.export import export_draft
+    from angelcli.errors import UsageError
+    from angelcli.fixtures import write_tiny_checkpoint
+    import json
+
+    model, cfg = target
+    eng = Engine(model, cfg)
+    with pytest.raises(UsageError):
+        eng.attach_draft(tmp_path, required=True)  # nothing recorded there
+    assert eng.attach_draft(tmp_path) is None and eng.speculator is None
+    export_draft(random_draft(model, cfg), tmp_path / "d", dtype="float32")
+    (tmp_path / LINK_FILE).write_text(json.dumps({"format": LINK_FORMAT, "draft": "d"}))
+    want = plain(eng, [5, 6, 7], 20)
+    assert eng.attach_draft(tmp_path, required=True) == str((tmp_path / "d").resolve())
+    assert [s.token_id for s in eng.generate([5, 6, 7], SamplingParams(max_new_tokens=20))] == want
+    assert eng.last_stats.mean_acceptance_length >= 1 and eng.last_stats.generated_tokens == 20
+    got = [st.token_id for _, st in eng.generate_batch([[5, 6, 7]], SamplingParams(max_new_tokens=20))]
+    assert got == want and not hasattr(eng.last_stats, "mean_acceptance_length")

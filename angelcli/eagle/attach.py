@@ -11,6 +11,7 @@ record says otherwise.
 
 Resolution for a run (`generate`, `chat`): --no-draft -> none; --draft-path D -> D; otherwise the record
 (or the store's attached draft, or the shipped tiny draft); --draft with nothing attached is a UsageError.
+`enable_draft` gives the engine its speculator (Engine.attach_draft, open_runtime(use_draft=...)).
 """
 
 from __future__ import annotations
@@ -226,42 +227,51 @@ def target_fingerprint(model) -> str:
     return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
 
 
-def speculative_engine(rt, *, use_draft: bool | None, draft: str | None, k: int, model_spec: str | None = None):
-    """rt.engine wrapped with its draft when one applies, else rt.engine unchanged (and the draft path).
+def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str | None = None, k: int = 3,
+                 model_spec: str | None = None) -> Path | None:
+    """Give `engine` a speculator for the run's draft (engine.speculator); returns the draft directory or None.
 
-    An explicitly requested draft (--draft, --draft-path) that fails its checks is an error; an attached one
-    used by default only warns and decodes plainly, so a stale attachment never breaks `generate`."""
+    use_draft None = the recorded draft if any, True = a draft is required, False = none. An explicitly
+    requested draft (--draft, --draft-path) that fails its checks is an error; an attached one used by
+    default only warns and decodes plainly, so a stale attachment never breaks `generate` or `chat`."""
     from angelcli.console import warn
 
     if draft is not None and use_draft is False:
         raise UsageError("--draft-path and --no-draft contradict each other")
+    engine.speculator = None
     if use_draft is False:
-        return rt.engine, None
-    draft_dir = resolve_draft_dir(draft) if draft is not None else attached_draft(rt.model_dir, model_spec)
+        return None
+    explicit = bool(use_draft) or draft is not None
+    draft_dir = resolve_draft_dir(draft) if draft is not None else attached_draft(Path(model_dir), model_spec)
     if draft_dir is None:
-        if use_draft:
-            raise UsageError(f"{rt.model_dir}: no draft attached; run `angel draft-attach MODEL DRAFT` or pass "
-                             "--draft-path")
-        return rt.engine, None
+        if explicit:
+            raise UsageError(f"--draft: {model_dir} has no draft attached (`angel draft-attach MODEL DRAFT` "
+                             "records one)")
+        return None
+    if getattr(engine, "tp", None) is not None:
+        if explicit:
+            raise UsageError("speculative decoding does not run with --tp > 1 yet; use --no-draft")
+        warn("the attached draft is not used with --tp > 1 (speculative decoding runs in one process)")
+        return None
     import torch
 
     from angelcli.eagle.export import load_draft, read_meta
     from angelcli.eagle.speculative import SpeculativeEngine
 
     try:
-        check_draft(rt.cfg, draft_dir)
+        check_draft(engine.cfg, draft_dir)
     except CheckFailed as err:
-        if use_draft or draft is not None:
+        if explicit:
             raise
         warn(f"attached draft not used: {err}")
-        return rt.engine, None
+        return None
     meta = read_meta(draft_dir) or {}
     made_for = (meta.get("target") or {}).get("fingerprint")
-    if made_for and made_for != target_fingerprint(rt.model):
+    if made_for and made_for != target_fingerprint(engine.model):
         warn(f"{draft_dir} was trained for other weights of this architecture; output stays exact, "
              "acceptance will be low")
-    dtype = next(rt.model.parameters()).dtype
-    d = load_draft(draft_dir, dtype=dtype if dtype.is_floating_point else torch.float32, device=rt.device,
-                   target_num_layers=rt.cfg.num_hidden_layers)
-    d.set_embedding(rt.model.model.word_embeddings)
-    return SpeculativeEngine(rt.engine, d, k=k), draft_dir
+    dtype = engine.dtype if engine.dtype.is_floating_point else torch.bfloat16
+    d = load_draft(draft_dir, dtype=dtype, device=engine.device, target_num_layers=engine.cfg.num_hidden_layers)
+    d.set_embedding(engine.model.model.word_embeddings)
+    engine.speculator = SpeculativeEngine(engine, d, k=k)
+    return draft_dir

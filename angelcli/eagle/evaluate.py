@@ -19,14 +19,20 @@ from angelcli.console import log, progress
 from angelcli.engine.sampling import SamplingParams
 
 
-def eval_draft(rt, spec_engine, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
+def _plain(engine, prompt, params):
+    """Plain decoding of one request (generate_batch never speculates)."""
+    return [step for _, step in engine.generate_batch([prompt], params)]
+
+
+def eval_draft(rt, engine, prompts: list[list[int]], *, max_new_tokens: int = 128, temperature: float = 0.0,
                seed: int = 0) -> dict:
-    base = spec_engine.base
+    """engine: an Engine with a draft attached (engine.speculator)."""
+    spec_engine = engine.speculator
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                             stop_ids=tuple(rt.eos_ids))
     k = spec_engine.k
     warm = SamplingParams(max_new_tokens=4, stop_ids=params.stop_ids)
-    list(base.generate(prompts[0], warm))  # first-call costs (allocations, lazy init) out of the timings
+    _plain(engine, prompts[0], warm)  # first-call costs (allocations, lazy init) out of the timings
     list(spec_engine.generate(prompts[0], warm))
     t_plain = t_spec = 0.0
     n_plain = n_spec = passes = round_tokens = drafted = accepted = 0
@@ -35,7 +41,7 @@ def eval_draft(rt, spec_engine, prompts: list[list[int]], *, max_new_tokens: int
     with progress("draft-eval", total=len(prompts), unit="prompts") as bar:
         for i, p in enumerate(prompts):
             t = time.perf_counter()
-            plain = [s.token_id for s in base.generate(p, params)]
+            plain = [s.token_id for s in _plain(engine, p, params)]
             t_plain += time.perf_counter() - t
             t = time.perf_counter()
             spec = [s.token_id for s in spec_engine.generate(p, params)]

@@ -195,8 +195,9 @@ class Eagle3Drafter:
 # ---- the engine -----------------------------------------------------------------------------------------
 
 class SpeculativeEngine:
-    """An Engine with a draft: same generate() signature, plus generate_batch(); everything else (cfg,
-    model, prefill, decode_step, new_cache, max_seq_len) is the base engine's. last_stats is a SpecStats."""
+    """Speculative generation on top of an Engine (its `net` forward, `new_cache`, limits). Engine.generate
+    delegates here once a draft is attached (Engine.attach_draft); generate() has the same contract and
+    its SpecStats land in the engine's last_stats too. Other attributes read through to the engine."""
 
     def __init__(self, engine, drafter, k: int = DEFAULT_K):
         if k < 1:
@@ -214,7 +215,7 @@ class SpeculativeEngine:
     @torch.inference_mode()
     def _forward(self, ids: torch.Tensor, cache, last_only: bool):
         aux = tuple(self.drafter.aux_layers)
-        out = self.base.model(ids, cache, capture_layers=aux, last_only=last_only)
+        out = self.base.net(ids, cache, capture_layers=aux, last_only=last_only)
         feats = torch.cat([out.hidden[i] for i in aux], -1) if aux else None
         return out.logits, feats
 
@@ -223,6 +224,13 @@ class SpeculativeEngine:
         """Yield (tokens [B, j], target logits [B, j, V]) as they are decided; at most `budget` tokens."""
         B, T = prompts.shape
         cache = self.base.new_cache(B, T + budget + 1)
+        try:
+            yield from self._decode(cache, prompts, params, budget, stats, gen)
+        finally:
+            cache.reset()  # paged caches give their blocks back at once
+
+    def _decode(self, cache, prompts, params, budget, stats, gen):
+        B, T = prompts.shape
         logits, feats = self._forward(prompts, cache, last_only=True)
         logits = logits[:, -1]
         first = self._choose(logits, params, gen)
@@ -266,7 +274,7 @@ class SpeculativeEngine:
         if budget <= 0 and n_prompt >= self.base.max_seq_len:
             raise UsageError(f"prompt of {n_prompt} tokens does not fit max sequence length {self.base.max_seq_len}")
         stats = SpecStats(prompt_tokens=n_prompt, k=self.k, reached=[0] * self.k, accepted_at=[0] * self.k)
-        self.last_stats = stats
+        self.last_stats = self.base.last_stats = stats
         return budget, stats
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StepOutput]:
@@ -298,10 +306,11 @@ class SpeculativeEngine:
                 if finish:
                     return
 
-    def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
-        """Equal-length prompts decoded together; each row stops at its own stop id or the budget."""
+    def generate_lockstep(self, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+        """Equal-length prompts speculated together in lockstep; each row stops at its own stop id or the
+        budget. Returns the token ids per row (stats in last_stats)."""
         if not prompts or len({len(p) for p in prompts}) != 1:
-            raise UsageError("generate_batch: prompts must be non-empty and of equal length")
+            raise UsageError("generate_lockstep: prompts must be non-empty and of equal length")
         for p in prompts:
             self.base.check_prompt(p)
         start = time.perf_counter()
