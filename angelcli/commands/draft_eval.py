@@ -16,6 +16,7 @@ def draft_eval(
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (also checks identical output)."),
     seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = its default)."),
     dtype: str = typer.Option("auto", "--dtype", envvar="ANGEL_DTYPE"),
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE"),
     backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND"),
@@ -36,6 +37,10 @@ def draft_eval(
     from angelcli.errors import CheckFailed
     from angelcli.runtime import open_runtime
 
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     rt = open_runtime(model, device=device, dtype=dtype, backend=backend, use_draft=True, draft=draft, draft_k=k)
     tok = rt.tokenizer if data != "random" else None
     ids = eval_prompts(tok, data, prompts, seed=seed, vocab_size=rt.cfg.vocab_size)

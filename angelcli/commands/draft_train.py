@@ -33,6 +33,7 @@ def draft_train(
     export_dtype: str = typer.Option("bfloat16", "--export-dtype", help="bfloat16|float16|float32."),
     layouts: str = typer.Option("sglang,vllm", "--layouts", help="Export layouts: sglang (always), vllm (speculators, in OUT/vllm)."),
     seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = its default)."),
     dtype: str = typer.Option("auto", "--dtype", envvar="ANGEL_DTYPE", help="Target dtype: auto|float32|bfloat16|float16."),
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE"),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
@@ -66,6 +67,10 @@ def draft_train(
                         resume=resume, save_every=save_every, eval_samples=eval_samples, max_samples=max_samples,
                         keep_checkpoint=keep_checkpoint, export_dtype=export_dtype, seed=seed,
                         layouts=tuple(x.strip() for x in layouts.split(",") if x.strip()))
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     rt = open_runtime(model, device=device, dtype=dtype)
     summary = train_draft(rt, opts)
     if json_out:
