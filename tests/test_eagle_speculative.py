@@ -249,7 +249,7 @@ def test_paged_cache_across_block_boundaries(target):
     roll back across block boundaries, every block returns to the pool, output == the torch backend's."""
     model, cfg = target
     ref = Engine(model, cfg)
-    paged = Engine(model, cfg, backend="triton", paged_ops="torch")
+    paged = Engine(model, cfg, backend="triton", paged_ops="torch", prefill_chunk=5)  # prompt in 3 pieces
     prompt = list(range(30, 43))  # 13 tokens: the first round already straddles the 16-token boundary
     want = plain(ref, prompt, 45)
     for drafter in (ScriptedDrafter([want], frozenset({(0, 5), (0, 18), (0, 19)})), random_draft(model, cfg)):

@@ -231,8 +231,10 @@ class SpeculativeEngine:
 
     def _decode(self, cache, prompts, params, budget, stats, gen):
         B, T = prompts.shape
-        logits, feats = self._forward(prompts, cache, last_only=True)
-        logits = logits[:, -1]
+        chunk = getattr(self.base, "prefill_chunk", T) or T  # long prompts in pieces, as Engine.prefill does
+        parts = [self._forward(prompts[:, a : a + chunk], cache, last_only=True) for a in range(0, T, chunk)]
+        logits = parts[-1][0][:, -1]
+        feats = torch.cat([f for _, f in parts], 1) if parts[0][1] is not None else None
         first = self._choose(logits, params, gen)
         yield first[:, None], logits[:, None]
         produced, last = 1, first
