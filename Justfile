@@ -31,3 +31,10 @@ bench-kernels:
 # Block-FP8 conversion throughput and peak RSS: angel vs llmcompressor model_free_ptq on a full-width slice
 bench-quantize *ARGS:
     {{py}} -m angelcli.bench_quantize {{ARGS}}
+
+# Train the EAGLE3 draft shipped beside angel-tiny (angelcli/assets/angel-tiny-eagle3), then measure it
+draft-tiny:
+    {{py}} -m angelcli draft-train angel-tiny --data medical --regenerate --regen-max-tokens 256 \
+        --epochs 4 --lr 2e-3 --batch-size 8 --max-len 512 --draft-vocab 6144 --layers 1,3,4 \
+        --layouts sglang --no-keep-checkpoint --threads 1 --out angelcli/assets/angel-tiny-eagle3 --json
+    {{py}} -m angelcli draft-eval angel-tiny --k 3 --prompts 64 --max-new-tokens 128 --threads 1 --json

@@ -33,6 +33,9 @@ COMMANDS: list[tuple[str, str]] = [
     ("plan", "angelcli.commands.plan:plan"),
     ("bench", "angelcli.commands.bench:bench"),
     ("quantize", "angelcli.commands.quantize:quantize"),
+    ("draft-train", "angelcli.commands.draft_train:draft_train"),
+    ("draft-attach", "angelcli.commands.draft_attach:draft_attach"),
+    ("draft-eval", "angelcli.commands.draft_eval:draft_eval"),
 ]
 
 app = typer.Typer(

@@ -40,6 +40,7 @@ class Runtime:
     tp: int = 1
     launch: object = None  # engine.tp.Launch on rank 0 of a tensor-parallel runtime
     plan: object = None  # planner.Plan on CUDA
+    draft_dir: Path | None = None  # the EAGLE3 draft the engine speculates with (engine.speculator)
 
     @property
     def tokenizer(self):
@@ -88,9 +89,12 @@ def pick_dtype(dtype: str, device: str, backend: str = "torch"):
 
 def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
                  max_seq_len: int | None = None, progress: bool = False, tp: int = 1, kv_tokens: int | None = None,
-                 _tp=None) -> Runtime:
+                 _tp=None, use_draft: bool | None = False, draft: str | None = None, draft_k: int = 3) -> Runtime:
     """tp: tensor-parallel degree (processes launched here; rank r uses cuda:r). kv_tokens: KV budget of the
-    triton backend (default: the planner's on CUDA). _tp: set inside a worker (engine/tp.py)."""
+    triton backend (default: the planner's on CUDA). _tp: set inside a worker (engine/tp.py).
+    use_draft: False = plain decoding (the default for library callers); None = speculative decoding when the
+    model has an EAGLE3 draft attached (what `generate` and `chat` pass by default); True = require one.
+    draft: a draft directory or store name for this run (angelcli/eagle/attach.py)."""
     from angelcli.engine import Engine
     from angelcli.loader import load_model
     from angelcli.resolve import resolve_model
@@ -135,5 +139,15 @@ def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto"
         if launch is not None:
             launch.close()
         raise
-    return Runtime(model_dir, cfg, net, engine, load_generation_eos(model_dir, cfg), dev, dname, chosen,
-                   tp=tp, launch=launch, plan=plan)
+    rt = Runtime(model_dir, cfg, net, engine, load_generation_eos(model_dir, cfg), dev, dname, chosen,
+                 tp=tp, launch=launch, plan=plan)
+    if _tp is None and (use_draft is not False or draft is not None):
+        from angelcli.eagle.attach import enable_draft
+
+        try:
+            rt.draft_dir = enable_draft(engine, model_dir, use_draft=use_draft, draft=draft, k=draft_k,
+                                        model_spec=model)
+        except BaseException:
+            rt.close()
+            raise
+    return rt

@@ -64,12 +64,13 @@ def chat(
         if "tp" not in inspect.signature(open_runtime).parameters:
             raise UsageError(f"--tp {tp}: tensor parallelism is not available in this build; run with --tp 1")
         extra["tp"] = tp
-    if draft:
-        from angelcli.engine import Engine
-
-        if not hasattr(Engine, "attach_draft"):  # say so before loading a 200 GB model
-            attach_draft(None, True)
     model_dir = resolve_model(model)
+    if draft:  # say so before loading a 200 GB model
+        from angelcli.eagle.attach import attached_draft
+
+        if attached_draft(model_dir, model) is None:
+            raise UsageError(f"--draft: {model_dir} has no draft attached (`angel draft-attach MODEL DRAFT` "
+                             "records one)")
     defaults = sampling_defaults(model_dir)
     params = SamplingParams(
         temperature=defaults["temperature"] if temperature is None else temperature,

@@ -28,6 +28,12 @@ def generate(
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Context length to allocate."),
     tp: int = typer.Option(1, "--tp", envvar="ANGEL_TP", help="Tensor-parallel GPUs (processes launched by angel)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Requests of a --batch file decoded together."),
+    draft: Optional[bool] = typer.Option(None, "--draft/--no-draft",
+                                         help="Speculative decoding with the model's EAGLE3 draft "
+                                              "(default: on when one is attached; see draft-attach)."),
+    draft_path: Optional[str] = typer.Option(None, "--draft-path", envvar="ANGEL_DRAFT",
+                                             help="Speculate with this draft directory or store name."),
+    draft_k: int = typer.Option(3, "--draft-k", envvar="ANGEL_DRAFT_K", help="Draft tokens per target pass."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON result (always on with --batch)."),
 ) -> None:
     """Generate a reply to a prompt, messages, token ids or a batch file.
@@ -37,6 +43,7 @@ def generate(
       angel generate antangelmed --messages chat.json --json
       angel generate --input-ids 12,7,99 --max-new-tokens 8 --json
       angel generate --batch requests.jsonl > results.jsonl
+      angel generate --prompt "..." --no-draft   (plain decoding even when a draft is attached)
       angel generate antangelmed-fp8 --tp 2 --prompt "..."
     """
     import sys
@@ -63,7 +70,8 @@ def generate(
         jobs = [(req, {})]
     if batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
-    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, tp=tp)
+    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, tp=tp,
+                      use_draft=draft, draft=draft_path, draft_k=draft_k)
     try:
         if batch is not None:
             with progress("generate", total=len(jobs), unit="requests") as bar:
@@ -89,6 +97,8 @@ def generate(
         sys.stdout.write(",".join(map(str, result["ids"])))
     sys.stdout.write("\n")
     st = result["stats"]
+    spec = st.get("speculative")
+    tau = f", tau {spec['mean_acceptance_length']:.2f} (k={spec['k']})" if spec else ""
     log(f"[{st['prompt_tokens']} prompt tokens, {st['generated_tokens']} generated, "
-        f"first token {st['time_to_first_token'] * 1000:.0f} ms, {st['decode_tokens_per_s']:.1f} tok/s, "
+        f"first token {st['time_to_first_token'] * 1000:.0f} ms, {st['decode_tokens_per_s']:.1f} tok/s{tau}, "
         f"finish: {result['finish_reason']}]")

@@ -75,6 +75,7 @@ class Engine:
         self.tp = getattr(model, "tp", None)
         self.last_stats = GenerationStats()
         self.batch_stats: list[GenerationStats] = []
+        self.speculator = None  # angelcli.eagle.speculative.SpeculativeEngine once a draft is attached
         if backend == "torch":
             self.net = model
         elif backend == "triton":
@@ -129,6 +130,19 @@ class Engine:
         if bad:
             raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{self.cfg.vocab_size - 1})")
 
+    # ---- speculative decoding (angelcli/eagle) ----
+    def attach_draft(self, model_dir, required: bool = False, *, draft: str | None = None, k: int = 3,
+                     model_spec: str | None = None) -> str | None:
+        """Speculate with the EAGLE3 draft recorded for model_dir (or `draft`) from now on: generate() then
+        runs chain drafting + verification with identical greedy output, and last_stats gains
+        mean_acceptance_length. Returns the draft's directory, or None when there is none (an error when
+        required). Batches of several requests (generate_batch) keep decoding without the draft."""
+        from angelcli.eagle.attach import enable_draft
+
+        found = enable_draft(self, model_dir, use_draft=True if required else None, draft=draft, k=k,
+                             model_spec=model_spec)
+        return None if found is None else str(found)
+
     # ---- generation ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StepOutput]:
         """Yield one StepOutput per generated token; the last one carries finish_reason.
@@ -136,6 +150,9 @@ class Engine:
         A stop id ends generation and is reported (finish_reason "stop") but callers leave it out of text.
         """
         self.check_prompt(prompt_ids)
+        if self.speculator is not None:
+            yield from self.speculator.generate(prompt_ids, params)
+            return
         it = self.generate_batch([prompt_ids], params)
         try:
             for _, step in it:

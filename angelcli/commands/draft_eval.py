@@ -1,0 +1,53 @@
+"""`angel draft-eval`: acceptance length, per-position acceptance and speedup of a draft in angel's engine."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def draft_eval(
+    model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL", help="Target: path, store name or alias (default: angel-tiny)."),
+    draft: Optional[str] = typer.Option(None, "--draft", help="Draft directory or store name (default: the attached one)."),
+    k: int = typer.Option(3, "--k", help="Draft tokens per verification."),
+    data: str = typer.Option("medical", "--data", help="Held-out prompts: medical | PATH | random."),
+    prompts: int = typer.Option(32, "--prompts", help="Number of held-out prompts."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (also checks identical output)."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for torch (0 = its default)."),
+    dtype: str = typer.Option("auto", "--dtype", envvar="ANGEL_DTYPE"),
+    device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE"),
+    backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND"),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Measure a draft: acceptance length, per-position acceptance, speedup.
+
+    tau = tokens per target pass (bonus included), per-position acceptance, target passes per token and
+    wall-clock speedup against plain decoding, on held-out prompts.
+
+    Examples:
+      angel draft-eval --k 3
+      angel draft-eval antangelmed --draft ./drafts/med --prompts 64 --json
+    """
+    from angelcli.console import emit_json
+    from angelcli.eagle.data import eval_prompts
+    from angelcli.eagle.evaluate import eval_draft
+    from angelcli.errors import CheckFailed
+    from angelcli.runtime import open_runtime
+
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, use_draft=True, draft=draft, draft_k=k)
+    tok = rt.tokenizer if data != "random" else None
+    ids = eval_prompts(tok, data, prompts, seed=seed, vocab_size=rt.cfg.vocab_size)
+    report = eval_draft(rt, rt.engine, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    report.update(model=str(rt.model_dir), draft=str(rt.draft_dir), data=data)
+    if json_out:
+        emit_json(report)
+    if report["identical"] is False:
+        raise CheckFailed(f"speculative greedy output differs from plain greedy on {len(report['mismatches'])} "
+                          "prompt(s); this is a bug (or a near-tie in reduced precision)")
