@@ -165,6 +165,23 @@ def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: tor
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+class RopeCache:
+    """cos/sin rows of rope_tables for positions 0..n-1, grown by doubling: one gather per draft step."""
+
+    def __init__(self, head_dim: int, theta: float):
+        self.head_dim, self.theta = head_dim, theta
+        self.cos = self.sin = None
+
+    def __call__(self, positions: torch.Tensor, dtype: torch.dtype):
+        need = int(positions.max()) + 1
+        if self.cos is None or self.cos.shape[0] < need or self.cos.dtype != dtype or self.cos.device != positions.device:
+            n = max(need, 2 * (self.cos.shape[0] if self.cos is not None else 256))
+            self.cos, self.sin = rope_tables(torch.arange(n, device=positions.device)[None], self.head_dim,
+                                             self.theta, dtype)
+            self.cos, self.sin = self.cos[0], self.sin[0]
+        return self.cos[positions], self.sin[positions]
+
+
 class DraftAttention(nn.Module):
     def __init__(self, cfg: DraftConfig):
         super().__init__()
@@ -196,11 +213,10 @@ class DraftAttention(nn.Module):
                 past = cache.seq_len
                 k, v = cache.update(0, k, v)
                 cache.advance(T)
-            k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
-            scores = torch.matmul(q, k.transpose(2, 3)) * self.scale
-            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
-            probs = F.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1, dtype=torch.float32).to(q.dtype)
-            out = torch.matmul(probs, v)
+            # One fused call (the draft's decode step is mostly per-op overhead on small models); a single
+            # new token sees every cached key, so it needs no mask.
+            mask = None if T == 1 else torch.ones(T, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=rep > 1)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.nh * self.hd))
 
     def _attend_ttt(self, q, kvs):
@@ -248,6 +264,7 @@ class Eagle3Draft(nn.Module):
         t2d[: cfg.draft_vocab_size] = True
         self.register_buffer("t2d", t2d)
         object.__setattr__(self, "_embed", None)  # the target's embedding: shared, frozen, not a submodule
+        self.rope = RopeCache(cfg.head_dim, cfg.rope_theta)
 
     # -- wiring -----------------------------------------------------------------------------------------
     def set_embedding(self, embedding: nn.Embedding) -> None:
@@ -298,7 +315,7 @@ class Eagle3Draft(nn.Module):
         """One draft step. ids [B, T] (the *next* tokens), hidden [B, T, H] (fused or recurrent),
         positions [B, T] -> (draft logits [B, T, Vd] fp32, or None when head=False; pre-norm hidden [B, T, H])."""
         emb = self.embed(ids).to(hidden.dtype)
-        cos, sin = rope_tables(positions, self.config.head_dim, self.config.rope_theta, hidden.dtype)
+        cos, sin = self.rope(positions, hidden.dtype)
         h = self.midlayer(emb, hidden, cos, sin, cache, ttt_kv)
         return (self.logits(h) if head else None), h
 

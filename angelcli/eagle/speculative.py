@@ -169,10 +169,11 @@ class Eagle3Drafter:
         d, cache = self.draft, self.cache
         feats = feats.to(d.fc.weight.dtype)
         pos = torch.arange(cache.seq_len, cache.seq_len + toks.shape[1], device=toks.device).expand(B, -1)
-        logits, h = d(toks, d.fuse(feats), pos, cache)
+        _, h = d(toks, d.fuse(feats), pos, cache, head=False)  # the head only where a token is proposed
         self.pending = (feats[:, :0], toks[:, :0])
         out, qs = [], []
-        logits, h = logits[:, -1], h[:, -1:]
+        h = h[:, -1:]
+        logits = d.logits(h)[:, -1]
         for j in range(k):
             tok, q = self._pick(logits, params, gen)
             out.append(tok)

@@ -267,8 +267,8 @@ def train_draft(rt, opts: TrainOptions) -> dict:
     last = StepMetrics()
     step = start
     try:
-        with progress("draft-train", total=total_steps, unit="steps") as bar:
-            bar.update(start)
+        label = f"draft-train (from step {start})" if start else "draft-train"
+        with progress(label, total=total_steps - start, unit="steps") as bar:
             for step in range(start, total_steps):
                 idx = batch_indices(step, lengths, opts.batch_size, opts.seed)
                 ids, mask = collate([train[i] for i in idx], dev)
