@@ -11,9 +11,10 @@ demo:
 test *ARGS:
     python3 -m angelcli.bootstrap test {{ARGS}}
 
-# Decode tokens/s at context 16 and 1024 on a tiny model (the KV cache keeps the step cost flat)
+# Decode tokens/s at context 16 and 1024 on a tiny model (the KV cache keeps the step cost flat);
+# the same `angel bench` that measures GPUs, restricted to batch 1 and BF16
 bench *ARGS:
-    {{py}} -m angelcli.bench_decode {{ARGS}}
+    .venv/bin/angel bench --batches 1 --contexts 16,1024 --formats bf16 {{ARGS}}
 
 # Train angel-tiny again from the bundled corpus (about 15 minutes on 2 cores)
 tiny *ARGS:

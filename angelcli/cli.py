@@ -68,13 +68,7 @@ def _root(
 def _register() -> None:
     for verb, target in COMMANDS:
         module_name, func_name = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue  # verb not built yet in this tree
-            raise
-        app.command(verb)(getattr(module, func_name))
+        app.command(verb)(getattr(importlib.import_module(module_name), func_name))
 
 
 _register()

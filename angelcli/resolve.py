@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from angelcli.errors import UsageError
+from angelcli.errors import IntegrityError, UsageError
 
 TINY_NAME = "angel-tiny"
 TINY_DIR = Path(__file__).resolve().parent / "assets" / "angel-tiny"
@@ -21,17 +21,10 @@ def angel_home() -> Path:
 
 
 def tiny_path() -> Path:
-    """The embedded angel-tiny checkpoint. Until the trained one ships, a random tiny fixture stands in."""
-    if (TINY_DIR / "config.json").exists():
-        return TINY_DIR
-    fallback = angel_home() / "fixtures" / "angel-tiny-random"
-    if not (fallback / "config.json").exists():
-        from angelcli.console import warn
-        from angelcli.fixtures import write_tiny_checkpoint
-
-        warn(f"trained angel-tiny is not bundled in this build; using a random tiny model at {fallback}")
-        write_tiny_checkpoint(fallback)
-    return fallback
+    """The embedded angel-tiny checkpoint (shipped inside the package)."""
+    if not (TINY_DIR / "config.json").exists():
+        raise IntegrityError(f"{TINY_DIR}: the embedded angel-tiny is missing from this installation (reinstall angel)")
+    return TINY_DIR
 
 
 def resolve_model(spec: str | os.PathLike | None) -> Path:

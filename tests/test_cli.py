@@ -48,8 +48,6 @@ def test_every_verb_has_help(run):
 
     for verb, _ in COMMANDS:
         r = run(verb, "--help")
-        if "No such command" in r.stderr:
-            continue  # verb not built in this tree
         assert r.returncode == 0, (verb, r.stderr)
 
 

@@ -23,7 +23,34 @@ from angelcli.config import ModelConfig
 from angelcli.errors import ResourceError
 
 
-class KVCache:
+class RowLengths:
+    """Per-row lengths shared by both caches: `lens` for every allocated row, `sel` the rows in use."""
+
+    lens: list[int]
+    sel: list[int]
+
+    @property
+    def batch(self) -> int:
+        return len(self.sel)
+
+    @property
+    def row_lens(self) -> list[int]:
+        return [self.lens[s] for s in self.sel]
+
+    @property
+    def lengths_differ(self) -> bool:
+        lens = self.row_lens
+        return any(n != lens[0] for n in lens)
+
+    @property
+    def seq_len(self) -> int:
+        """Length shared by all rows (ValueError when the rows differ: use row_lens)."""
+        if self.lengths_differ:
+            raise ValueError(f"rows hold different lengths {self.row_lens}; use row_lens")
+        return self.row_lens[0]
+
+
+class KVCache(RowLengths):
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str,
                  num_kv_heads: int | None = None):
         """num_kv_heads: KV heads held by this process (a tensor-parallel rank holds a slice)."""
@@ -43,27 +70,9 @@ class KVCache:
         elem = torch.empty((), dtype=dtype).element_size()
         return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * elem
 
-    # ---- lengths ----
-    @property
-    def batch(self) -> int:
-        return len(self.sel)
-
-    @property
-    def row_lens(self) -> list[int]:
-        return [self.lens[s] for s in self.sel]
-
-    @property
-    def seq_len(self) -> int:
-        """Length shared by all rows (ValueError when the rows differ: use row_lens)."""
-        lens = self.row_lens
-        if any(n != lens[0] for n in lens):
-            raise ValueError(f"rows hold different lengths {lens}; use row_lens")
-        return lens[0]
-
     @property
     def is_ragged(self) -> bool:
-        lens = self.row_lens
-        return not self.contiguous or any(n != lens[0] for n in lens)
+        return not self.contiguous or self.lengths_differ
 
     def advance(self, n: int) -> None:
         for s in self.sel:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from angelcli.config import ModelConfig
+from angelcli.engine.kv_cache import RowLengths
 from angelcli.errors import ResourceError
 
 DEFAULT_BLOCK_SIZE = 16
@@ -93,7 +94,7 @@ class StepInput:
         return self.tokens_per_row == 1
 
 
-class PagedKVCache:
+class PagedKVCache(RowLengths):
     def __init__(self, pool: BlockPool, batch: int, max_len: int):
         self.pool = pool
         self.device = pool.k[0].device
@@ -104,26 +105,10 @@ class PagedKVCache:
         self.lens = [0] * batch
         self.sel = list(range(batch))
 
-    # ---- the KVCache interface ----
-    @property
-    def batch(self) -> int:
-        return len(self.sel)
-
-    @property
-    def row_lens(self) -> list[int]:
-        return [self.lens[s] for s in self.sel]
-
-    @property
-    def seq_len(self) -> int:
-        lens = self.row_lens
-        if any(n != lens[0] for n in lens):
-            raise ValueError(f"rows hold different lengths {lens}; use row_lens")
-        return lens[0]
-
+    # ---- the KVCache interface (batch, row_lens, seq_len from RowLengths) ----
     @property
     def is_ragged(self) -> bool:
-        lens = self.row_lens
-        return any(n != lens[0] for n in lens)
+        return self.lengths_differ
 
     @property
     def block_table(self) -> torch.Tensor:
