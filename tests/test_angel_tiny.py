@@ -7,6 +7,9 @@ import torch
 
 from angelcli.resolve import TINY_DIR, resolve_model
 
+HELDOUT_BOUND = 2.2  # nats per answer token
+PROBE_BOUND = 0.6  # share of demo questions answered on topic
+
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -43,14 +46,17 @@ def _heldout_ids(tok, n_tokens=2048):
 
 
 def test_heldout_loss_far_below_untrained(tiny):
+    from angelcli.data import load_split
     from angelcli.tiny.train import evaluate
+    from angelcli.tiny.train_data import conversation_stream
 
     model, cfg, _, tok = tiny
-    ev = evaluate(model, _heldout_ids(tok), seq_len=256, max_windows=8)
-    # an untrained model scores about ln(vocab) = 9.0 nats; the shipped one is trained to ~1.5 (docs/angel-tiny.md)
-    assert ev["loss"] < 2.2, ev
+    ev = evaluate(model, conversation_stream(tok, load_split("eval")), seq_len=256, max_rows=8)
+    # answer tokens of held-out conversations: an untrained model scores about ln(vocab) = 9.0 nats, the shipped
+    # one HELDOUT_TYPICAL (docs/angel-tiny.md)
+    assert ev["loss"] < HELDOUT_BOUND, ev
     log = json.loads((TINY_DIR / "training_log.json").read_text())
-    assert log["untrained_eval"]["loss"] > 8.0 and log["final_eval"]["loss"] < 2.2
+    assert log["untrained_eval"]["loss"] > 8.0 and log["final_eval"]["loss"] < HELDOUT_BOUND
 
 
 def test_every_expert_gets_tokens_and_load_is_balanced(tiny):
@@ -64,17 +70,19 @@ def test_every_expert_gets_tokens_and_load_is_balanced(tiny):
         assert float(load.max() / load.mean()) < 2.5, f"layer {r.layer}: max/mean load {float(load.max() / load.mean()):.2f}"
 
 
-def test_answers_a_medical_question(tiny):
-    from angelcli.engine import Engine, SamplingParams
-    from angelcli.tokenizer import build_messages, encode, render_chat
+def test_answers_the_question_asked(tiny):
+    """Greedy answers to the 40 demo questions (none of them in the corpus) stay on their topic and end their
+    turn; the two acceptance questions of the angel-tiny issue always do."""
+    from angelcli.tiny.probe import topic_probe
 
     model, cfg, _, tok = tiny
-    prompt = encode(tok, render_chat(tok, build_messages("What are common symptoms of type 2 diabetes?")))
-    eos = tok.convert_tokens_to_ids(["<|endoftext|>", "<|role_end|>"])
-    steps = list(Engine(model, cfg).generate(prompt, SamplingParams(max_new_tokens=80, stop_ids=tuple(eos))))
-    text = tok.decode([s.token_id for s in steps if s.finish_reason != "stop"])
-    assert len(text.split()) >= 5  # a real sentence, not an immediate stop
-    assert steps[-1].finish_reason == "stop"  # it learned to end its turn with <|role_end|>
+    report = topic_probe(model, cfg, tok)
+    by_prompt = {a["prompt"]: a for a in report["answers"]}
+    for q in ("What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"):
+        assert by_prompt[q]["on_topic"] and by_prompt[q]["closed"], by_prompt[q]
+        assert len(by_prompt[q]["answer"]) >= 20  # a real answer, not an immediate stop
+    assert report["rate"] >= PROBE_BOUND, [(a["prompt"], a["answer"][:80]) for a in report["answers"] if not a["on_topic"]]
+    assert sum(a["closed"] for a in report["answers"]) >= 0.9 * report["total"]
 
 
 def test_training_smoke_lowers_the_loss(tmp_path):
@@ -86,7 +94,28 @@ def test_training_smoke_lowers_the_loss(tmp_path):
                  num_key_value_heads=1, head_dim=32, num_experts=16, n_group=4, topk_group=2,
                  num_experts_per_tok=2, moe_intermediate_size=16, moe_shared_expert_intermediate_size=16)
     hist = train_tiny(tmp_path / "m", TINY_TOKENIZER_DIR, load_split("train")[:200], load_split("eval")[:20],
-                      TrainSettings(steps=12, batch=4, seq_len=64, warmup=2, eval_every=12, lr=5e-3),
+                      TrainSettings(steps=12, batch=4, seq_len=64, warmup=2, eval_every=12, lr=5e-3, probe=False),
                       log=lambda s: None, model_overrides=small)
     assert hist["final_eval"]["loss"] < hist["untrained_eval"]["loss"] - 1.0
     assert (tmp_path / "m" / "model.safetensors.index.json").exists()
+
+
+def test_tiny_train_command_writes_a_loadable_checkpoint_and_reports(tmp_path, capsys):
+    from angelcli.cli import main
+    from angelcli.loader import load_model
+
+    def run(*args):
+        with pytest.raises(SystemExit) as info:
+            main([str(a) for a in args])
+        return info.value.code, capsys.readouterr()
+
+    code, out = run("tiny-train", "--steps", "0")
+    assert code == 2 and "--steps" in out.err
+    code, out = run("tiny-train", "--out", tmp_path / "t", "--steps", "2", "--json")
+    assert code == 0, out.err
+    summary = json.loads(out.out)
+    assert summary["steps"] == 2 and summary["topic_probe"]["total"] >= 40
+    assert summary["final_eval"]["loss"] < summary["untrained_eval"]["loss"]
+    _, _, report = load_model(tmp_path / "t", dtype=torch.float32)
+    assert report.ok
+    assert not (tmp_path / "t.partial").exists()

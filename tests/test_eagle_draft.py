@@ -313,6 +313,29 @@ def test_user_data_with_regeneration(rt, tmp_path):
         assert r["ids"][n_prompt:] == gen and sum(r["mask"]) == len(gen)
 
 
+def test_batched_regeneration_keeps_turn_order_and_histories(rt):
+    """Conversations advance together in engine batches; each turn still sees the target's own earlier answers,
+    an assistant turn with nothing before it is skipped, and samples come out conversation by conversation."""
+    from angelcli.eagle.data import regenerate
+
+    convs = [{"messages": [{"role": "assistant", "content": "skipped: no history"},
+                           {"role": "user", "content": f"Hello {i}?"},
+                           {"role": "assistant", "content": "x"},
+                           {"role": "user", "content": "And then?" * (i % 3 + 1)},
+                           {"role": "assistant", "content": "y"}][(0 if i % 2 else 1):]} for i in range(5)]
+    convs.append({"text": "plain text is not a conversation"})
+    one_by_one = regenerate(rt, convs, max_new_tokens=4, batch_size=1)
+    batched = regenerate(rt, convs, max_new_tokens=4, batch_size=3)
+    assert len(batched) == 10  # two answered turns per conversation
+    assert [(s.ids, s.mask) for s in batched] == [(s.ids, s.mask) for s in one_by_one]
+    tok = rt.tokenizer
+    first, second = batched[0], batched[1]  # conversation 0: turn 2 repeats turn 1's prompt + generated answer
+    n1 = first.mask.index(1)
+    prompt2 = tok.decode(second.ids[: second.mask.index(1)])  # (the template may drop a "...</think>" part)
+    assert prompt2.startswith(tok.decode(first.ids[:n1])) and prompt2.count("<role>ASSISTANT</role>") == 2
+    assert prompt2.endswith("<role>HUMAN</role>And then?<|role_end|><role>ASSISTANT</role>")
+
+
 def test_medical_data_trains(rt, tmp_path):
     from angelcli.eagle.train import train_draft
 

@@ -10,14 +10,16 @@ import typer
 
 def tiny_train(
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the package's angel-tiny)."),
-    steps: int = typer.Option(520, "--steps", help="Optimizer steps (the shipped model uses 520)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps (default: the shipped model's)."),
     threads: int = typer.Option(2, "--threads", help="CPU threads (results are reproducible for a fixed count)."),
     seed: int = typer.Option(0, "--seed"),
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
 ) -> None:
-    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~15 min on 2 cores.
+    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; <= 15 min on 2 cores.
 
-    Example:  angel tiny-train --out /tmp/angel-tiny --steps 520
+    Ends with the topic probe: the 40 built-in demo questions answered greedily, counted on topic or not.
+
+    Example:  angel tiny-train --out /tmp/angel-tiny
     """
     from angelcli.console import emit_json, log
     from angelcli.data import load_split
@@ -26,15 +28,20 @@ def tiny_train(
     from angelcli.tiny.tokenizer import TINY_TOKENIZER_DIR
     from angelcli.tiny.train import TrainSettings, train_tiny
 
-    if steps < 1:
+    if steps is not None and steps < 1:
         raise UsageError("--steps must be >= 1")
+    if threads < 1:
+        raise UsageError("--threads must be >= 1")
     dest = out or TINY_DIR
-    settings = TrainSettings(steps=steps, threads=threads, seed=seed)
+    settings = TrainSettings(threads=threads, seed=seed, **({"steps": steps} if steps else {}))
     hist = train_tiny(dest, TINY_TOKENIZER_DIR, load_split("train"), load_split("eval"), settings, log=log)
-    summary = {"out": str(dest), "steps": steps, "train_seconds": hist["train_seconds"],
-               "untrained_eval": hist["untrained_eval"], "final_eval": hist["final_eval"]}
+    probe = hist.get("topic_probe", {})
+    summary = {"out": str(dest), "steps": settings.steps, "train_seconds": hist["train_seconds"],
+               "untrained_eval": hist["untrained_eval"], "final_eval": hist["final_eval"],
+               "topic_probe": {k: probe[k] for k in ("on_topic", "total", "rate") if k in probe}}
     if json_out:
         emit_json(summary)
     else:
-        log(f"angel-tiny written to {dest}: held-out loss {hist['final_eval']['loss']:.3f} "
-            f"(untrained {hist['untrained_eval']['loss']:.3f}) in {hist['train_seconds']:.0f}s")
+        log(f"angel-tiny written to {dest}: held-out answer loss {hist['final_eval']['loss']:.3f} "
+            f"(untrained {hist['untrained_eval']['loss']:.3f}), {probe.get('on_topic')}/{probe.get('total')} "
+            f"demo questions on topic, in {hist['train_seconds']:.0f}s")

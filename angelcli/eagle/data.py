@@ -118,39 +118,57 @@ def eval_prompts(tok, spec: str, n: int, seed: int = 0, vocab_size: int | None =
     return out
 
 
-def regenerate(rt, samples: list[dict], max_new_tokens: int, progress=None) -> list[Sample]:
+def regenerate(rt, samples: list[dict], max_new_tokens: int, progress=None, batch_size: int = 32) -> list[Sample]:
     """Let the target write every assistant turn (greedy), as serving would, turn by turn.
 
     One Sample per assistant turn: its rendered history (with earlier answers already regenerated) plus the
     target's own token ids for the answer, supervised. Token level, so no decode/encode round trip changes
-    the ids the target produced.
+    the ids the target produced. Conversations advance together: every pass answers the next assistant turn
+    of up to `batch_size` conversations in one engine batch (a turn's history needs the previous answer, so
+    turns of one conversation stay in order). Samples come out conversation by conversation, turn by turn.
     """
     from angelcli.engine.sampling import SamplingParams
     from angelcli.tokenizer import encode
 
     tok = rt.tokenizer
     stop = tuple(rt.eos_ids)
-    out = []
-    for s in samples:
-        if "messages" not in s:
-            continue
-        history: list[dict] = []
-        for m in s["messages"]:
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop_ids=stop)
+    convs = [s["messages"] for s in samples if "messages" in s]
+    history: list[list[dict]] = [[] for _ in convs]
+    cursor = [0] * len(convs)  # next message of each conversation
+    made: list[list[Sample]] = [[] for _ in convs]
+
+    def next_prompt(c: int) -> list[int] | None:
+        """Move conversation c up to its next answerable assistant turn; None when it has none left."""
+        msgs = convs[c]
+        while cursor[c] < len(msgs):
+            m = msgs[cursor[c]]
             if m["role"] != "assistant":
-                history.append(m)
-                continue
-            if not history:
-                continue
-            prompt = encode(tok, tok.apply_chat_template(history, tokenize=False, add_generation_prompt=True))
-            gen = [st.token_id for st in rt.engine.generate(prompt, SamplingParams(max_new_tokens=max_new_tokens,
-                                                                                   stop_ids=stop))]
-            if gen:
-                out.append(Sample(prompt + gen, [0] * len(prompt) + [1] * len(gen)))
-            text_ids = gen[:-1] if gen and gen[-1] in stop else gen
-            history.append({"role": "assistant", "content": tok.decode(text_ids)})
-        if progress is not None:
-            progress.advance(1)
-    return out
+                history[c].append(m)
+            elif history[c]:
+                return encode(tok, tok.apply_chat_template(history[c], tokenize=False, add_generation_prompt=True))
+            cursor[c] += 1  # an assistant turn with no history before it is skipped
+        return None
+
+    live = list(range(len(convs)))
+    while live:
+        prompts = {c: next_prompt(c) for c in live}
+        finished = [c for c in live if prompts[c] is None]
+        if progress is not None and finished:
+            progress.advance(len(finished))
+        live = [c for c in live if prompts[c] is not None]
+        for at in range(0, len(live), batch_size):
+            group = live[at : at + batch_size]
+            gens: list[list[int]] = [[] for _ in group]
+            for row, step in rt.engine.generate_batch([prompts[c] for c in group], params):
+                gens[row].append(step.token_id)
+            for c, gen in zip(group, gens):
+                if gen:
+                    made[c].append(Sample(prompts[c] + gen, [0] * len(prompts[c]) + [1] * len(gen)))
+                text_ids = gen[:-1] if gen and gen[-1] in stop else gen
+                history[c].append({"role": "assistant", "content": tok.decode(text_ids)})
+                cursor[c] += 1
+    return [sample for per_conv in made for sample in per_conv]
 
 
 def token_counts(samples: list[Sample], vocab_size: int):

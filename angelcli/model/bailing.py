@@ -190,6 +190,7 @@ class BailingMoeForCausalLM(nn.Module):
         return_router: bool = False,
         last_only: bool = False,
         positions: torch.Tensor | None = None,
+        logits_mask: torch.Tensor | None = None,
     ) -> ForwardOutput:
         """input_ids [B, T] -> ForwardOutput.
 
@@ -197,6 +198,8 @@ class BailingMoeForCausalLM(nn.Module):
         cache advances by T afterwards. capture_layers: decoder-layer indices whose output residual stream
         (after the layer's MLP add) is returned in `hidden` (EAGLE3 reads these). return_router: collect every
         MoE layer's RouterOutput (routing verification). last_only: compute logits for the last position only.
+        logits_mask [B, T] bool: compute logits only where True, returned flattened as [N, V] (training scores
+        answer tokens only, and the vocabulary projection is the largest matmul of a small model).
         """
         B, T = input_ids.shape
         if positions is None and getattr(cache, "is_ragged", False):
@@ -217,6 +220,8 @@ class BailingMoeForCausalLM(nn.Module):
         h = self.model.norm(h)
         if last_only:
             h = h[:, -1:]
+        elif logits_mask is not None:
+            h = h[logits_mask]  # [N, H]
         logits = self.lm_head(h)
         if self.vocab_split:
             logits = self.tp.all_gather_last(logits)  # [B, T, V]: each rank computed V / world columns

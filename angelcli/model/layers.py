@@ -97,6 +97,8 @@ def apply_partial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) ->
 class Attention(nn.Module):
     """Fused [Q|K|V] projection, per-head QK RMSNorm, partial RoPE, GQA causal attention, output proj."""
 
+    fused_training = False  # set on instances by the trainer: fused SDPA in train mode without a cache
+
     def __init__(self, cfg: ModelConfig, layer_idx: int, tp=None):
         super().__init__()
         self.layer_idx = layer_idx
@@ -133,6 +135,13 @@ class Attention(nn.Module):
         rep = self.num_heads // self.num_kv
         k = k.repeat_interleave(rep, dim=1)  # query head h reads KV head h // rep
         v = v.repeat_interleave(rep, dim=1)
+        if cache is None and self.fused_training and self.training:
+            # Opt-in for training (angel tiny-train sets it): in fp32 the fused kernel computes the same causal
+            # softmax as the eager path below with far less time and memory in backward. Everything else keeps
+            # the eager path, which reproduces the reference's bf16 rounding of the scores.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+            out = self.dense(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
+            return out if self.tp is None else self.tp.all_reduce(out)
         S = k.shape[2]
         scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [B, Hq, T, S]
         # Causal over absolute positions: new token t (at past + t) sees keys 0..past + t.

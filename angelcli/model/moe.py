@@ -126,6 +126,8 @@ class Experts(nn.Module):
 
 
 class SparseMoe(nn.Module):
+    sorted_dispatch = False  # set on instances by the trainer: the training dispatch of _forward_sorted
+
     def __init__(self, cfg: ModelConfig, layer_idx: int, tp=None):
         super().__init__()
         self.cfg, self.layer_idx, self.tp = cfg, layer_idx, tp
@@ -150,6 +152,8 @@ class SparseMoe(nn.Module):
         if router_out is not None:
             router_out.append(RouterOutput(self.layer_idx, logits, ids, weights))
         N, K = ids.shape
+        if self.sorted_dispatch and self.experts.w13_scale is None:
+            return self._forward_sorted(x, flat, ids, weights)
         # Each (token, slot) pair's expert output in fp32; summed over slots afterwards, like the reference.
         slot_out = torch.zeros(N, K, shape[-1], dtype=torch.float32, device=x.device)  # [N, K, H]
         for e in ids.unique().tolist():
@@ -159,6 +163,34 @@ class SparseMoe(nn.Module):
         if self.tp is not None:
             routed = self.tp.all_reduce(routed)
         y = routed.to(x.dtype).view(shape)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return y
+
+    def _forward_sorted(self, x, flat, ids, weights):
+        """Training dispatch (opt-in, angel tiny-train): the same experts, weights and fp32 combine as forward,
+        with the (token, slot) pairs sorted by expert. One gather in and one index_add out, and the stacked
+        weights unbound once, so backward writes each gradient once instead of one full-size zero-filled
+        buffer per expert (which made the loop in forward spend most of a CPU training step in fill/copy/add).
+        x [B, T, H], flat [N, H], ids / weights [N, K] -> [B, T, H]."""
+        N, K = ids.shape
+        E, inter = self.cfg.num_experts, self.experts.inter
+        pair_expert = ids.reshape(-1)  # [N*K]
+        order = pair_expert.argsort(stable=True)
+        counts = torch.bincount(pair_expert, minlength=E).tolist()
+        token_of = order // K  # [N*K] the token of each sorted pair
+        chunks = torch.split(flat[token_of], counts)  # per expert [n_e, H]
+        w13, w2 = self.experts.w13.unbind(0), self.experts.w2.unbind(0)
+        outs = []
+        for e, chunk in enumerate(chunks):
+            if counts[e]:
+                gate, up = F.linear(chunk, w13[e]).split(inter, dim=-1)
+                outs.append(F.linear(F.silu(gate) * up, w2[e]))
+        pair_out = torch.cat(outs).float() * weights.reshape(-1)[order, None]  # [N*K, H] fp32
+        routed = torch.zeros(N, flat.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, pair_out)
+        if self.tp is not None:
+            routed = self.tp.all_reduce(routed)
+        y = routed.to(x.dtype).view(x.shape)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y

@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 TINY_CONFIG = dict(
@@ -43,16 +43,18 @@ class TrainSettings:
     seed: int = 0
     eval_every: int = 100
     threads: int = 2
+    prompt_loss_weight: float = 0.1  # weight of non-answer tokens (questions, template) in the loss
+    # relative chance of a training row starting at a conversation of this kind (others 1.0): code lookups
+    # and synthetic records stay in the mix but do not crowd out the questions users actually ask
+    kind_weights: dict = field(default_factory=lambda: {"icd10": 0.25, "record": 0.25})
+    probe: bool = True  # answer the demo questions at the end and record how many stay on topic
 
 
 def tokenize_split(tok, samples: list[dict]) -> list[int]:
     """Render every conversation with the chat template and concatenate the ids into one stream."""
-    from angelcli.tokenizer import encode, render_chat
+    from angelcli.tiny.train_data import conversation_stream
 
-    ids: list[int] = []
-    for s in samples:
-        ids.extend(encode(tok, render_chat(tok, s["messages"], add_generation_prompt=False)))
-    return ids
+    return conversation_stream(tok, samples).ids
 
 
 def _init_weights(model, seed: int) -> None:
@@ -72,33 +74,26 @@ def _init_weights(model, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
-def _batches(stream, settings: TrainSettings, generator):
+def evaluate(model, stream, seq_len: int = 256, max_rows: int | None = 64, batch: int = 16) -> dict:
+    """Held-out answer loss: mean next-token loss on the assistant tokens (weight 1) of rows that start at
+    conversation starts (train_data.eval_rows), and its perplexity. `stream` is a train_data.Stream."""
     import torch
 
-    data = torch.tensor(stream, dtype=torch.long)
-    n = len(data) - settings.seq_len - 1
-    while True:
-        starts = torch.randint(0, n, (settings.batch,), generator=generator)
-        yield torch.stack([data[s : s + settings.seq_len + 1] for s in starts.tolist()])
+    from angelcli.tiny.train_data import eval_rows, weighted_loss
 
-
-def evaluate(model, stream: list[int], seq_len: int = 256, max_windows: int = 64) -> dict:
-    """Mean next-token loss and perplexity over consecutive windows of a held-out id stream."""
-    import torch
-    import torch.nn.functional as F
-
+    was_training = model.training
     model.eval()
-    data = torch.tensor(stream, dtype=torch.long)
-    total, count = 0.0, 0
+    x, w = eval_rows(stream, seq_len, max_rows)
+    w = (w == 1.0).float()  # score answers only, whatever the training prompt weight
+    total, count = 0.0, 0.0
     with torch.no_grad():
-        for w in range(min(max_windows, (len(data) - 1) // seq_len)):
-            x = data[w * seq_len : (w + 1) * seq_len + 1][None]
-            logits = model(x[:, :-1]).logits
-            total += F.cross_entropy(logits[0], x[0, 1:], reduction="sum").item()
-            count += seq_len
-    model.train()
-    loss = total / max(count, 1)
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+        for b in range(0, len(x), batch):
+            loss, _ = weighted_loss(model, x[b : b + batch], w[b : b + batch])
+            n = float(w[b : b + batch, 1:].sum())
+            total, count = total + loss.item() * n, count + n
+    model.train(was_training)
+    loss = total / max(count, 1.0)
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": int(count)}
 
 
 def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: list[dict], eval_samples: list[dict],
@@ -112,6 +107,10 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     from angelcli.config import ModelConfig
     from angelcli.fixtures import tiny_config, write_checkpoint
     from angelcli.model import BailingMoeForCausalLM
+    from angelcli.model.layers import Attention
+    from angelcli.model.moe import SparseMoe
+    from angelcli.tiny.probe import topic_probe
+    from angelcli.tiny.train_data import batches, conversation_stream, weighted_loss
     from angelcli.tokenizer import load_tokenizer
 
     settings = settings or TrainSettings()
@@ -123,12 +122,18 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
                            pad_token_id=special["<|endoftext|>"], eos_token_id=special["<|role_end|>"],
                            **{**TINY_CONFIG, **(model_overrides or {})})
     cfg = ModelConfig.from_dict(cfg_dict)
-    train_ids = tokenize_split(tok, train_samples)
-    eval_ids = tokenize_split(tok, eval_samples)
-    log(f"angel-tiny: {len(train_ids):,} train tokens, {len(eval_ids):,} held-out tokens, vocab {len(tok)}")
+    train = conversation_stream(tok, train_samples, settings.prompt_loss_weight)
+    held_out = conversation_stream(tok, eval_samples)
+    log(f"angel-tiny: {len(train.ids):,} train tokens ({train.answer_tokens:,} in answers), "
+        f"{len(held_out.ids):,} held-out tokens, vocab {len(tok)}")
 
     model = BailingMoeForCausalLM(cfg)
     _init_weights(model, settings.seed)
+    for module in model.modules():  # the training fast paths, each tested against the reference path
+        if isinstance(module, Attention):
+            module.fused_training = True
+        if isinstance(module, SparseMoe):
+            module.sorted_dispatch = True
     model.train()
     params = [p for n, p in model.named_parameters() if not n.endswith("expert_bias")]
     decay = [p for p in params if p.dim() >= 2]
@@ -138,20 +143,20 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr, betas=(0.9, 0.95))
     moe = [layer.mlp for layer in model.model.layers if hasattr(layer.mlp, "gate")]
-    untrained = evaluate(model, eval_ids)
+    untrained = evaluate(model, held_out, settings.seq_len)
     history = {"settings": asdict(settings), "config": {k: cfg_dict[k] for k in TINY_CONFIG},
-               "tokens": {"train": len(train_ids), "eval": len(eval_ids)},
+               "tokens": {"train": len(train.ids), "train_answers": train.answer_tokens,
+                          "eval": len(held_out.ids)},
                "untrained_eval": untrained, "steps": [], "evals": []}
     gen = torch.Generator().manual_seed(settings.seed + 1)
-    batches = _batches(train_ids, settings, gen)
+    rows = batches(train, settings.batch, settings.seq_len, gen, settings.kind_weights)
     t0 = time.time()
     for step in range(1, settings.steps + 1):
         lr = _lr(step, settings)
         for group in opt.param_groups:
             group["lr"] = lr
-        x = next(batches)
-        out = model(x[:, :-1], return_router=True)
-        loss = F.cross_entropy(out.logits.reshape(-1, cfg.vocab_size), x[:, 1:].reshape(-1))
+        x, w = next(rows)
+        loss, out = weighted_loss(model, x, w, return_router=True)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
@@ -163,11 +168,15 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
             log(f"step {step}/{settings.steps} loss {loss.item():.3f} lr {lr:.2e} "
                 f"load max/mean {imbalance:.2f} ({time.time() - t0:.0f}s)")
         if step % settings.eval_every == 0 or step == settings.steps:
-            ev = evaluate(model, eval_ids)
+            ev = evaluate(model, held_out, settings.seq_len)
             history["evals"].append({"step": step, **ev})
-            log(f"  held-out loss {ev['loss']:.3f} (perplexity {ev['perplexity']:.1f})")
+            log(f"  held-out answer loss {ev['loss']:.3f} (perplexity {ev['perplexity']:.1f})")
     history["train_seconds"] = round(time.time() - t0, 1)
     history["final_eval"] = history["evals"][-1]
+    if settings.probe:
+        probe = topic_probe(model, cfg, tok)
+        history["topic_probe"] = probe
+        log(f"  topic probe: {probe['on_topic']}/{probe['total']} demo questions answered on topic")
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")

@@ -1,0 +1,51 @@
+"""Does angel-tiny answer the question it was asked? A topic probe over the built-in demo questions.
+
+Each question in angelcli/data/medical/prompts.jsonl carries "topic": words of which an on-topic answer
+contains at least one (case-insensitive substrings, e.g. "diabet" / "blood sugar" / "glucose" for a question
+about type 2 diabetes). The probe answers every question greedily, exactly as `angel generate` would (chat
+template, default system block, stop at either eos id), and counts the answers that are on topic. None of the
+questions appears in any corpus split, so this measures answering, not recall of a training sample.
+
+    report = topic_probe(model, cfg, tok)     -> {"on_topic": n, "total": m, "rate": n/m, "answers": [...]}
+"""
+
+from __future__ import annotations
+
+from angelcli.data import MEDICAL_DIR, _load_jsonl
+
+
+def load_topic_probes() -> list[dict]:
+    """[{"prompt", "lang", "topic": [words]}] for every built-in demo question."""
+    return [dict(row) for row in _load_jsonl(MEDICAL_DIR / "prompts.jsonl")]
+
+
+def is_on_topic(answer: str, topic: list[str]) -> bool:
+    text = answer.lower()
+    return any(word.lower() in text for word in topic)
+
+
+def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | None = None) -> dict:
+    """Greedy answers to the demo questions with the torch engine on `model` (left in eval mode)."""
+    from angelcli.engine import Engine, SamplingParams
+    from angelcli.tokenizer import build_messages, encode, render_chat
+
+    model.eval()
+    probes = load_topic_probes() if probes is None else probes
+    eos = tuple(tok.convert_tokens_to_ids(["<|endoftext|>", "<|role_end|>"]))
+    prompts = [encode(tok, render_chat(tok, build_messages(p["prompt"]))) for p in probes]
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop_ids=eos)
+    engine = Engine(model, cfg, max_seq_len=max(len(p) for p in prompts) + max_new_tokens + 1)
+    tokens: list[list[int]] = [[] for _ in probes]
+    closed = [False] * len(probes)
+    for i, step in engine.generate_batch(prompts, params):
+        if step.finish_reason == "stop":
+            closed[i] = True  # ended its turn with an eos id within the budget
+        else:
+            tokens[i].append(step.token_id)
+    answers = []
+    for p, ids, done in zip(probes, tokens, closed):
+        text = tok.decode(ids)
+        answers.append({"prompt": p["prompt"], "lang": p.get("lang"), "on_topic": is_on_topic(text, p["topic"]),
+                        "closed": done, "answer": text})
+    hits = sum(a["on_topic"] for a in answers)
+    return {"on_topic": hits, "total": len(answers), "rate": hits / max(1, len(answers)), "answers": answers}

@@ -1,0 +1,131 @@
+"""angel-tiny training data: answer-only loss weights, conversation-aligned rows, the fast paths of the
+training step against their slow twins, and the topic probe's scoring."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from angelcli.tiny.tokenizer import TINY_TOKENIZER_DIR
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from angelcli.tokenizer import load_tokenizer
+
+    return load_tokenizer(TINY_TOKENIZER_DIR)
+
+
+CONV = [{"role": "system", "content": "You are AntAngelMed."},
+        {"role": "user", "content": "What is gout?"},
+        {"role": "assistant", "content": "Gout is a form of arthritis."},
+        {"role": "user", "content": "Is it painful?"},
+        {"role": "assistant", "content": "Yes, attacks are very painful."}]
+
+
+def test_answer_weights_cover_exactly_the_assistant_turns(tok):
+    from angelcli.tiny.train_data import conversation_stream
+
+    s = conversation_stream(tok, [{"messages": CONV}], prompt_weight=0.0)
+    answered = tok.decode([i for i, w in zip(s.ids, s.weights) if w == 1.0])
+    assert answered == "Gout is a form of arthritis.<|role_end|>Yes, attacks are very painful.<|role_end|>"
+    assert set(s.weights) == {0.0, 1.0} and s.starts == [0]
+    s2 = conversation_stream(tok, [{"messages": CONV}], prompt_weight=0.25)
+    assert [w if w == 1.0 else 0.25 for w in s.weights] == s2.weights
+
+
+def test_rows_start_at_conversation_starts_and_eval_rows_do_not_overlap(tok):
+    from angelcli.data import load_split
+    from angelcli.tiny.train_data import batches, conversation_stream, eval_rows
+
+    s = conversation_stream(tok, load_split("eval")[:60])
+    starts = set(s.starts)
+    x, w = next(batches(s, 8, 64, torch.Generator().manual_seed(0)))
+    assert x.shape == w.shape == (8, 65)
+    ids = torch.tensor(s.ids)
+    for row in x:  # each row is a window of the stream that begins where a conversation begins
+        hits = [st for st in starts if st + 65 <= len(ids) and torch.equal(ids[st : st + 65], row)]
+        assert hits, "row does not start at a conversation start"
+    ex, ew = eval_rows(s, 64)
+    firsts = []
+    for row in ex:
+        firsts.append(next(st for st in sorted(starts) if torch.equal(ids[st : st + 65], row)))
+    assert all(b >= a + 64 for a, b in zip(firsts, firsts[1:]))
+
+
+def _small_model():
+    from angelcli.config import ModelConfig
+    from angelcli.fixtures import tiny_config
+    from angelcli.model import BailingMoeForCausalLM
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(tiny_config(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_experts=8,
+                                            n_group=2, topk_group=1, num_experts_per_tok=2))
+    model = BailingMoeForCausalLM(cfg).float()
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            torch.nn.init.normal_(p, std=0.05)
+    return model, cfg
+
+
+def test_weighted_loss_matches_full_logits_cross_entropy():
+    from angelcli.tiny.train_data import weighted_loss
+
+    model, cfg = _small_model()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, cfg.vocab_size, (3, 17), generator=g)
+    w = (torch.rand(3, 17, generator=g) > 0.4).float() * torch.rand(3, 17, generator=g)
+    loss, out = weighted_loss(model, x, w)
+    assert out.logits.shape == (int((w[:, 1:] > 0).sum()), cfg.vocab_size)
+    full = model(x[:, :-1]).logits  # slow twin: every position, then weight
+    per = F.cross_entropy(full.reshape(-1, cfg.vocab_size), x[:, 1:].reshape(-1), reduction="none")
+    ref = (per * w[:, 1:].reshape(-1)).sum() / w[:, 1:].sum()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_training_attention_matches_eager_in_fp32():
+    from angelcli.model.layers import Attention
+
+    model, cfg = _small_model()
+    x = torch.randint(0, cfg.vocab_size, (2, 33))
+    model.train()
+    eager = model(x).logits
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.fused_training = True
+    fused = model(x).logits
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-5)
+    model.eval()  # inference never takes the fused path
+    torch.testing.assert_close(model(x).logits, eager, rtol=0, atol=0)
+
+
+def test_topic_probe_scoring():
+    from angelcli.tiny.probe import is_on_topic, load_topic_probes
+
+    probes = load_topic_probes()
+    assert len(probes) >= 40 and all(p["topic"] for p in probes)
+    assert {"What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"} <= {p["prompt"] for p in probes}
+    assert is_on_topic("Common symptoms of Type 2 Diabetes include thirst.", ["diabet", "glucose"])
+    assert not is_on_topic("A runny nose and a sore throat.", ["diabet", "blood sugar", "glucose"])
+    assert is_on_topic("2型糖尿病常见多饮多尿。", ["糖尿病", "血糖"])
+
+
+def test_sorted_moe_dispatch_matches_the_reference_loop_with_gradients():
+    from angelcli.model.moe import SparseMoe
+
+    model, cfg = _small_model()
+    x = torch.randint(0, cfg.vocab_size, (2, 24))
+    model.train()
+    ref = model(x).logits
+    ref.square().mean().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    for m in model.modules():
+        if isinstance(m, SparseMoe):
+            m.sorted_dispatch = True
+    out = model(x).logits
+    out.square().mean().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    for n, p in model.named_parameters():
+        if n in ref_grads:
+            torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-7, msg=n)
+    assert ref_grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
