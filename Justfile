@@ -16,7 +16,7 @@ test *ARGS:
 bench *ARGS:
     .venv/bin/angel bench --batches 1 --contexts 16,1024 --formats bf16 {{ARGS}}
 
-# Train angel-tiny again from the bundled corpus (about 15 minutes on 2 cores)
+# Train angel-tiny again from the bundled corpus (about 13 minutes on 2 cores)
 tiny *ARGS:
     .venv/bin/angel tiny-train {{ARGS}}
 
@@ -36,6 +36,6 @@ bench-quantize *ARGS:
 # Train the EAGLE3 draft shipped beside angel-tiny (angelcli/assets/angel-tiny-eagle3), then measure it
 draft-tiny:
     {{py}} -m angelcli draft-train angel-tiny --data medical --regenerate --regen-max-tokens 256 \
-        --epochs 4 --lr 2e-3 --batch-size 8 --max-len 512 --draft-vocab 6144 --layers 1,3,4 \
-        --layouts sglang --no-keep-checkpoint --threads 1 --out angelcli/assets/angel-tiny-eagle3 --json
+        --max-samples 4500 --steps 2600 --lr 2e-3 --batch-size 8 --max-len 512 --draft-vocab 6144 --layers 1,3,4 \
+        --layouts sglang --no-keep-checkpoint --threads 2 --out angelcli/assets/angel-tiny-eagle3 --json
     {{py}} -m angelcli draft-eval angel-tiny --k 3 --prompts 64 --max-new-tokens 128 --threads 1 --json

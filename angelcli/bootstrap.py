@@ -27,8 +27,8 @@ CPU_TORCH = "torch==2.13.0"
 GPU_TORCH = "torch>=2.10,<=2.14.0"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 DEMO_QUESTIONS = (
-    "What are the warning signs of a stroke, and when should I call an ambulance?",
-    "高血压患者在日常饮食上需要注意什么？",
+    "What are common symptoms of type 2 diabetes?",
+    "晚上总是睡不着有什么办法？",
 )
 
 

@@ -29,7 +29,7 @@ from angelcli.fsutil import atomic_write_json, atomic_write_text
 SYSTEM_PROMPT = "You are AntAngelMed, a helpful medical assistant."
 SPLITS = ("train", "calib", "eval")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "medical"
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 # Share of samples (per language) that go to the held-out splits.
 CALIB_FRAC = 0.05
@@ -54,18 +54,28 @@ def _n(base: float, scale: float) -> int:
     return max(1, round(base * scale))
 
 
-def seed_samples(rng: random.Random, scale: float = 1.0) -> list[tuple[str, str, list]]:
+# Per-record variant counts by builder version. Chinese gets more variants per record because it has fewer
+# records and its sentences are denser; the mix lands near one third Chinese (checked by the tests).
+# Version 2 asks every (record, intent) pair several ways: that is what teaches a small model to map a question
+# it has not seen onto the right record, instead of memorising one wording. Version 1 stays reproducible
+# because angel-tiny's tokenizer was trained on its train split (angelcli/tiny/tokenizer.py).
+VARIANTS = {
+    1: {"en": dict(single=2, multi=2, case=3, sym=3, med=2, med_multi=2),
+        "zh": dict(single=4, multi=4, case=4, sym=4, med=4, med_multi=3)},
+    2: {"en": dict(single=5, multi=3, case=3, sym=6, med=4, med_multi=2),
+        "zh": dict(single=9, multi=6, case=5, sym=9, med=8, med_multi=4)},
+}
+
+
+def seed_samples(rng: random.Random, scale: float = 1.0, version: int = BUILDER_VERSION) -> list[tuple[str, str, list]]:
     """(lang, kind, turns) from the hand-written knowledge base, in a fixed order."""
     from angelcli.tiny import corpus_templates_en as en
     from angelcli.tiny import corpus_templates_zh as zh
 
     out: list[tuple[str, str, list]] = []
-    # Per-record variant counts. Chinese gets more variants per record because it has fewer records and
-    # its sentences are denser; the mix lands near one third Chinese (checked by the tests).
-    counts = {"en": dict(single=2, multi=2, case=3, sym=3, med=2, med_multi=2),
-              "zh": dict(single=4, multi=4, case=4, sym=4, med=4, med_multi=3)}
+    k_by_lang = VARIANTS[version]
     for lang, T in (("en", en), ("zh", zh)):
-        kb, k = _kb()[lang], counts[lang]
+        kb, k = _kb()[lang], k_by_lang[lang]
         for c in kb["conditions"]:
             for intent in T.COND_Q:
                 for _ in range(_n(k["single"], scale)):
@@ -176,10 +186,10 @@ def text_stats(samples: list[dict]) -> dict:
             "multi_turn": sum(1 for s in samples if sum(m["role"] == "user" for m in s["messages"]) > 1)}
 
 
-def generate(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
-    """All samples, de-duplicated and split; nothing is written."""
+def generate(seed: int = 0, scale: float = 1.0, version: int = BUILDER_VERSION) -> dict[str, list[dict]]:
+    """All samples, de-duplicated and split; nothing is written. `version` picks the VARIANTS counts."""
     rng = random.Random(seed)
-    raw = seed_samples(rng, scale) + source_samples(rng, seed, scale)
+    raw = seed_samples(rng, scale, version) + source_samples(rng, seed, scale)
     seen: set[str] = set()
     samples = []
     for lang, kind, turns in raw:

@@ -204,11 +204,18 @@ def corpus_texts(samples: Iterable[dict]) -> list[str]:
     return out
 
 
-def build_tiny_tokenizer(out_dir: str | Path = TINY_TOKENIZER_DIR, vocab_size: int = 8192) -> Path:
-    """Rebuild the shipped angel-tiny tokenizer from the packaged train split (deterministic)."""
-    from angelcli.data import load_split
+# The vocabulary is frozen at the corpus it was first trained on (builder version 1): angel-tiny's embeddings
+# are tied to these ids, and the later, larger corpus is the same text asked more ways, which it covers.
+TOKENIZER_CORPUS_VERSION = 1
 
-    return build_tokenizer(corpus_texts(load_split("train")), out_dir, vocab_size=vocab_size)
+
+def build_tiny_tokenizer(out_dir: str | Path = TINY_TOKENIZER_DIR, vocab_size: int = 8192) -> Path:
+    """Rebuild the shipped angel-tiny tokenizer from the train split of corpus builder version 1, regenerated
+    in memory (deterministic; needs the corpus source packages of the test extras)."""
+    from angelcli.tiny.corpus import generate
+
+    train = generate(seed=0, scale=1.0, version=TOKENIZER_CORPUS_VERSION)["train"]
+    return build_tokenizer(corpus_texts(train), out_dir, vocab_size=vocab_size)
 
 
 def describe(out_dir: str | Path) -> dict:
