@@ -367,7 +367,7 @@ def test_ctrl_c_keeps_partial_and_exits_130(fake, env):
     import subprocess
     from pathlib import Path
 
-    fake.throttle = 2_000_000  # ~0.2 s for shard 2, so the interrupt lands mid-file
+    fake.throttle = 400_000  # ~1 s for shard 2, so the interrupt lands mid-file even on a loaded machine
     repo_root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-m", "angelcli", "pull", REPO, "--include", SHARD2],
                             env={**os.environ, "PYTHONPATH": str(repo_root)}, cwd=repo_root,
