@@ -367,7 +367,7 @@ def test_ctrl_c_keeps_partial_and_exits_130(fake, env):
     import subprocess
     from pathlib import Path
 
-    fake.throttle = 400_000  # ~1 s for shard 2, so the interrupt lands mid-file even on a loaded machine
+    fake.throttle = 200_000  # ~2 s for shard 2, so the interrupt lands mid-file even on a loaded machine
     repo_root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-m", "angelcli", "pull", REPO, "--include", SHARD2],
                             env={**os.environ, "PYTHONPATH": str(repo_root)}, cwd=repo_root,
@@ -375,6 +375,7 @@ def test_ctrl_c_keeps_partial_and_exits_130(fake, env):
     part = store.default_model_dir(REPO) / store.PARTIAL_DIR / f"{sha256(make_files()[SHARD2])}.partial"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
+        assert proc.poll() is None, "the pull finished before any partial data was seen at " + str(part)
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
