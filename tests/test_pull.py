@@ -369,9 +369,12 @@ def test_ctrl_c_keeps_partial_and_exits_130(fake, env):
 
     fake.throttle = 200_000  # ~2 s for shard 2, so the interrupt lands mid-file even on a loaded machine
     repo_root = Path(__file__).resolve().parent.parent
+    # SIGINT back to default in the child: a test run launched in the background by a shell without job
+    # control inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all
     proc = subprocess.Popen([sys.executable, "-m", "angelcli", "pull", REPO, "--include", SHARD2],
                             env={**os.environ, "PYTHONPATH": str(repo_root)}, cwd=repo_root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     part = store.default_model_dir(REPO) / store.PARTIAL_DIR / f"{sha256(make_files()[SHARD2])}.partial"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not (part.exists() and part.stat().st_size > 0):
