@@ -2,6 +2,7 @@
 
     load_split(name)       -> list[dict]   "train" | "calib" | "eval" of the built-in medical corpus
     load_prompts()         -> list[str]    short demo questions (en + zh), none of them in any split
+    load_prompt_rows()     -> list[dict]   the same with their language and topic words (angelcli/tiny/probe.py)
     read_user_data(path)   -> list[dict]   a user's .jsonl or .txt, validated and normalised
     render_sample(s, tok)  -> str          a sample as model input text (chat template or plain text)
 
@@ -48,9 +49,14 @@ def load_split(name: str) -> list[dict]:
     return [json.loads(json.dumps(s)) for s in _load_jsonl(path)]  # deep copy: callers may edit samples
 
 
+def load_prompt_rows() -> list[dict]:
+    """The built-in demo questions as rows {"prompt", "lang", "topic": [words an on-topic answer contains]}."""
+    return [dict(row) for row in _load_jsonl(MEDICAL_DIR / "prompts.jsonl")]
+
+
 def load_prompts() -> list[str]:
     """The built-in demo questions (English first, then Chinese)."""
-    return [row["prompt"] for row in _load_jsonl(MEDICAL_DIR / "prompts.jsonl")]
+    return [row["prompt"] for row in load_prompt_rows()]
 
 
 def _check_messages(msgs, where: str) -> list[dict]:

@@ -139,17 +139,16 @@ class Attention(nn.Module):
             # Opt-in for training (angel tiny-train sets it): in fp32 the fused kernel computes the same causal
             # softmax as the eager path below with far less time and memory in backward. Everything else keeps
             # the eager path, which reproduces the reference's bf16 rounding of the scores.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
-            out = self.dense(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
-            return out if self.tp is None else self.tp.all_reduce(out)
-        S = k.shape[2]
-        scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [B, Hq, T, S]
-        # Causal over absolute positions: new token t (at past + t) sees keys 0..past + t.
-        mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past) if ragged is None else ragged
-        scores = scores.masked_fill(~mask, float("-inf"))
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)
-        out = self.dense(out)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # [B, Hq, T, D]
+        else:
+            S = k.shape[2]
+            scores = torch.matmul(q, k.transpose(2, 3)) * self.scale  # [B, Hq, T, S]
+            # Causal over absolute positions: new token t (at past + t) sees keys 0..past + t.
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=past) if ragged is None else ragged
+            scores = scores.masked_fill(~mask, float("-inf"))
+            probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            out = torch.matmul(probs, v)  # [B, Hq, T, D]
+        out = self.dense(out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))
         return out if self.tp is None else self.tp.all_reduce(out)
 
 

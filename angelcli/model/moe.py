@@ -126,7 +126,7 @@ class Experts(nn.Module):
 
 
 class SparseMoe(nn.Module):
-    sorted_dispatch = False  # set on instances by the trainer: the training dispatch of _forward_sorted
+    sorted_dispatch = False  # set on instances by the trainer: the training dispatch of _routed_sorted
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, tp=None):
         super().__init__()
@@ -151,15 +151,16 @@ class SparseMoe(nn.Module):
                              cfg.routed_scaling_factor)
         if router_out is not None:
             router_out.append(RouterOutput(self.layer_idx, logits, ids, weights))
-        N, K = ids.shape
         if self.sorted_dispatch and self.experts.w13_scale is None:
-            return self._forward_sorted(x, flat, ids, weights)
-        # Each (token, slot) pair's expert output in fp32; summed over slots afterwards, like the reference.
-        slot_out = torch.zeros(N, K, shape[-1], dtype=torch.float32, device=x.device)  # [N, K, H]
-        for e in ids.unique().tolist():
-            tok, slot = (ids == e).nonzero(as_tuple=True)
-            slot_out[tok, slot] = self.experts.expert(e, flat[tok]).float() * weights[tok, slot, None]
-        routed = slot_out.sum(dim=1)  # [N, H] fp32; a tensor-parallel rank holds a partial sum over I
+            routed = self._routed_sorted(flat, ids, weights)
+        else:
+            N, K = ids.shape
+            # Each (token, slot) pair's expert output in fp32; summed over slots afterwards, like the reference.
+            slot_out = torch.zeros(N, K, shape[-1], dtype=torch.float32, device=x.device)  # [N, K, H]
+            for e in ids.unique().tolist():
+                tok, slot = (ids == e).nonzero(as_tuple=True)
+                slot_out[tok, slot] = self.experts.expert(e, flat[tok]).float() * weights[tok, slot, None]
+            routed = slot_out.sum(dim=1)  # [N, H] fp32; a tensor-parallel rank holds a partial sum over I
         if self.tp is not None:
             routed = self.tp.all_reduce(routed)
         y = routed.to(x.dtype).view(shape)
@@ -167,12 +168,12 @@ class SparseMoe(nn.Module):
             y = y + self.shared_experts(x)
         return y
 
-    def _forward_sorted(self, x, flat, ids, weights):
+    def _routed_sorted(self, flat, ids, weights):
         """Training dispatch (opt-in, angel tiny-train): the same experts, weights and fp32 combine as forward,
         with the (token, slot) pairs sorted by expert. One gather in and one index_add out, and the stacked
         weights unbound once, so backward writes each gradient once instead of one full-size zero-filled
         buffer per expert (which made the loop in forward spend most of a CPU training step in fill/copy/add).
-        x [B, T, H], flat [N, H], ids / weights [N, K] -> [B, T, H]."""
+        flat [N, H], ids / weights [N, K] -> routed [N, H] fp32."""
         N, K = ids.shape
         E, inter = self.cfg.num_experts, self.experts.inter
         pair_expert = ids.reshape(-1)  # [N*K]
@@ -187,10 +188,4 @@ class SparseMoe(nn.Module):
                 gate, up = F.linear(chunk, w13[e]).split(inter, dim=-1)
                 outs.append(F.linear(F.silu(gate) * up, w2[e]))
         pair_out = torch.cat(outs).float() * weights.reshape(-1)[order, None]  # [N*K, H] fp32
-        routed = torch.zeros(N, flat.shape[-1], dtype=torch.float32, device=x.device).index_add_(0, token_of, pair_out)
-        if self.tp is not None:
-            routed = self.tp.all_reduce(routed)
-        y = routed.to(x.dtype).view(x.shape)
-        if self.shared_experts is not None:
-            y = y + self.shared_experts(x)
-        return y
+        return torch.zeros(N, flat.shape[-1], dtype=torch.float32, device=flat.device).index_add_(0, token_of, pair_out)

@@ -11,12 +11,9 @@ questions appears in any corpus split, so this measures answering, not recall of
 
 from __future__ import annotations
 
-from angelcli.data import MEDICAL_DIR, _load_jsonl
+from angelcli.data import load_prompt_rows
 
-
-def load_topic_probes() -> list[dict]:
-    """[{"prompt", "lang", "topic": [words]}] for every built-in demo question."""
-    return [dict(row) for row in _load_jsonl(MEDICAL_DIR / "prompts.jsonl")]
+load_topic_probes = load_prompt_rows  # [{"prompt", "lang", "topic": [words]}] for every built-in demo question
 
 
 def is_on_topic(answer: str, topic: list[str]) -> bool:

@@ -16,10 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ANSWER_HEADER = "<role>ASSISTANT</role>"
-TURN_END = "<|role_end|>"
-
-
 @dataclass
 class Stream:
     ids: list[int]
@@ -32,37 +28,22 @@ class Stream:
         return sum(1 for w in self.weights if w == 1.0)
 
 
-def answer_weights(ids: list[int], header: list[int], turn_end: int, prompt_weight: float) -> list[float]:
-    """Per-token weights: 1.0 from after each `header` id run up to and including the next `turn_end`."""
-    weights = [prompt_weight] * len(ids)
-    n, i, inside = len(header), 0, False
-    while i < len(ids):
-        if not inside and ids[i : i + n] == header:
-            inside, i = True, i + n
-            continue
-        if inside:
-            weights[i] = 1.0
-            inside = ids[i] != turn_end
-        i += 1
-    return weights
-
-
 def conversation_stream(tok, samples: list[dict], prompt_weight: float = 0.0) -> Stream:
-    """Render each conversation (chat template, no generation prompt), concatenate, weight the answers."""
-    from angelcli.tokenizer import encode, render_chat
+    """Render each conversation (chat template, no generation prompt), concatenate, weight the answers
+    (the assistant spans of angelcli.eagle.data.assistant_mask, which EAGLE3 training supervises too)."""
+    from angelcli.eagle.data import assistant_mask
+    from angelcli.tokenizer import render_chat
 
-    header = encode(tok, ANSWER_HEADER)
-    turn_end = tok.convert_tokens_to_ids(TURN_END)
     ids: list[int] = []
     weights: list[float] = []
     starts: list[int] = []
     kinds: list[str | None] = []
     for s in samples:
-        conv = encode(tok, render_chat(tok, s["messages"], add_generation_prompt=False))
+        conv = assistant_mask(tok, render_chat(tok, s["messages"], add_generation_prompt=False))
         starts.append(len(ids))
         kinds.append(s.get("kind"))
-        ids.extend(conv)
-        weights.extend(answer_weights(conv, header, turn_end, prompt_weight))
+        ids.extend(conv.ids)
+        weights.extend(1.0 if m else prompt_weight for m in conv.mask)
     return Stream(ids, weights, starts, kinds)
 
 
