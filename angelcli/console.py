@@ -66,7 +66,11 @@ class _PlainProgress:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         total = f"/{self.total:g}" if self.total is not None else ""
         extra = f" {note}" if note else ""
-        log(f"{self.description}: {self.done:g}{total} {self.unit} ({self.done / elapsed:.1f} {self.unit}/s){extra}")
+        rate = self.done / elapsed
+        if self.total is not None and 0 < self.done < self.total and rate > 0:
+            left = int((self.total - self.done) / rate)
+            extra = f" ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}" + extra
+        log(f"{self.description}: {self.done:g}{total} {self.unit} ({rate:.1f} {self.unit}/s){extra}")
 
 
 class _RichProgress:
