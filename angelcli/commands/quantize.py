@@ -30,9 +30,14 @@ def quantize(
     force: bool = typer.Option(False, "--force", help="Replace an angel output made from other source/options."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Plan only: sizes and disk check; writes nothing."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the quality report."),
-    run_eval: bool = typer.Option(False, "--eval", help="Run the BF16 vs FP8 model comparison even on large models."),
+    run_eval: Optional[str] = typer.Option(None, "--eval", help="ppl: run the BF16 vs FP8 perplexity comparison even "
+                                                               "on large models; a benchmark (medqa, cmb, ... see "
+                                                               "angel eval): gate on its accuracy drop."),
     eval_data: Optional[str] = typer.Option(None, "--eval-data",
-                                            help="Held-out data for the report (default: medical eval split)."),
+                                            help="--eval ppl: held-out text (default: medical eval split); "
+                                                 "--eval TASK: the benchmark's files."),
+    max_drop: float = typer.Option(1.0, "--max-drop", help="--eval TASK: fail (exit 1) when FP8 accuracy is more "
+                                                           "than this many points below the source's."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Convert BF16 checkpoints to FP8 (experts by default), verified, resumable, with a quality report.
@@ -42,6 +47,7 @@ def quantize(
       angel quantize antangelmed --fp8 --scheme static --calib medical --num-samples 512
       angel quantize A B C --fp8 --out-dir quantized --json
       angel quantize antangelmed --fp8 --dry-run
+      angel quantize antangelmed --fp8 --eval medqa --eval-data MedQA/4_options --max-drop 1.0
     """
     from angelcli.console import emit_json, log
     from angelcli.errors import UsageError
@@ -49,10 +55,21 @@ def quantize(
 
     if not fp8:
         raise UsageError("say which format: --fp8 (the only one angel writes)")
+    task = run_eval if run_eval not in (None, "ppl") else None
+    if task is not None:
+        from angelcli.eval.gate import check_gate_args
+
+        check_gate_args(task, eval_data, max_drop)
     opts = QuantOptions(scheme=scheme, targets=targets, workers=workers, force=force, dry_run=dry_run,
-                        report=not no_report, eval=True if run_eval else None, calib=calib, eval_data=eval_data,
+                        report=not no_report, eval=True if run_eval == "ppl" else None, calib=calib,
+                        eval_data=None if task else eval_data,
                         num_samples=num_samples, max_seq_len=max_seq_len, offload=offload)
     results, code = quantize_many(list(models or []), out, out_dir, opts)
+    if task is not None and not dry_run:
+        from angelcli.eval.gate import run_gate
+
+        gate = run_gate(results, task, eval_data, max_drop)
+        code = code or gate
     if json_out:
         emit_json(results if len(results) != 1 else results[0])
     else:
