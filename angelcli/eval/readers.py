@@ -104,6 +104,12 @@ def read_csv(path: Path, header: bool = True) -> list[tuple[str, dict | list]]:
     return [(f"{path}:{n}", dict(zip(head, r))) for n, r in enumerate(rows[1:], 2) if r]
 
 
+def loc_id(where: str) -> str:
+    """A record's id from its location ('.../test.jsonl:3' -> 'test.jsonl:3'): unique across splits, so a
+    few-shot pool never mistakes a train record for the test item it shares a line number with."""
+    return Path(where).name
+
+
 def field(where: str, rec: dict, *names: str, kind=str):
     """The first of `names` present in `rec`, checked to be of `kind`; UsageError naming the field if absent."""
     for name in names:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from angelcli.errors import UsageError
 from angelcli.eval.items import LETTERS, Item, TaskData, letter_options
-from angelcli.eval.readers import field, find_file, find_optional, read_csv, read_json, read_json_records, read_jsonl
+from angelcli.eval.readers import field, find_file, find_optional, loc_id, read_csv, read_json, read_json_records, read_jsonl
 
 # lm-eval's multimedqa group: the six MMLU subjects MultiMedQA uses.
 MMLU_MEDICAL = ["anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
@@ -29,7 +29,7 @@ def _medqa_item(where: str, rec: dict) -> Item:
         raise UsageError(f"{where}: field 'answer_idx' is {ans!r}, not one of the option letters")
     # lm-eval medqa_4options: "Question: {q}\nA. ..\nB. ..\n...Answer:"
     query = f"Question: {q}\n" + "".join(f"{k}. {options[k]}\n" for k in letters) + "Answer:"
-    return Item(id=where.rsplit(":", 1)[-1], query=query, choices=letters, gold=letters.index(ans))
+    return Item(id=loc_id(where), query=query, choices=letters, gold=letters.index(ans))
 
 
 def load_medqa(path: Path, fewshot: int) -> TaskData:
@@ -70,7 +70,7 @@ def _medmcqa_items(path: Path) -> list[Item]:
         q = field(where, rec, "question")
         # lm-eval medmcqa (utils_medmcqa.doc_to_text)
         query = "Question: " + q + "\nChoices:\n" + letter_options(opts) + "Answer:"
-        out.append(Item(id=str(rec.get("id", where)), query=query, choices=list("ABCD"), gold=cop - base,
+        out.append(Item(id=str(rec.get("id") or loc_id(where)), query=query, choices=list("ABCD"), gold=cop - base,
                         subject=str(rec.get("subject_name") or "")))
     return out
 
@@ -167,7 +167,7 @@ def _mmlu_items(path: Path, subject: str) -> list[Item]:
         # lm-eval mmlu default template
         query = f"{q.strip()}\nA. {opts[0]}\nB. {opts[1]}\nC. {opts[2]}\nD. {opts[3]}\nAnswer:"
         desc = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
-        out.append(Item(id=f"{subject}/{where.rsplit(':', 1)[-1]}", query=query, choices=list("ABCD"),
+        out.append(Item(id=f"{subject}/{loc_id(where)}", query=query, choices=list("ABCD"),
                         gold="ABCD".index(ans.strip()), description=desc, subject=subject, pool_key=subject))
     return out
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from angelcli.errors import UsageError
 from angelcli.eval.items import LETTERS, Item, TaskData, letter_options
-from angelcli.eval.readers import field, find_file, find_optional, read_csv, read_json_records
+from angelcli.eval.readers import field, find_file, find_optional, loc_id, read_csv, read_json_records
 
 CMMLU_MEDICAL = {"anatomy": "解剖学", "clinical_knowledge": "临床知识", "college_medical_statistics": "大学医学统计",
                  "college_medicine": "大学医学", "genetics": "遗传学", "nutrition": "营养学",
@@ -40,7 +40,7 @@ def _cmb_item(where: str, rec: dict, answer: str | None = None) -> Item:
     head = (f"以下是中国{rec.get('exam_type', '')}中{rec.get('exam_class', '')}考试的一道{qtype}，"
             "不需要做任何分析和解释，直接输出答案选项。\n")
     ans = answer if answer is not None else field(where, rec, "answer")
-    return _letters_item(where, head + field(where, rec, "question"), opts, ans, id=str(rec.get("id", where)),
+    return _letters_item(where, head + field(where, rec, "question"), opts, ans, id=str(rec.get("id") or loc_id(where)),
                          subject=str(rec.get("exam_subject") or rec.get("exam_class") or ""))
 
 
@@ -89,7 +89,7 @@ def _cmexam_items(path: Path) -> list[Item]:
         if not ans.strip():
             continue  # a few released rows carry no answer; CMExam's own scripts drop them too
         out.append(_letters_item(where, "以下是中国医师资格考试的一道选择题，请直接给出正确答案的选项。\n" + q,
-                                 options, ans, id=where.rsplit(":", 1)[-1]))
+                                 options, ans, id=loc_id(where)))
     return out
 
 
@@ -111,7 +111,7 @@ def _mmlu_zh_items(path: Path, subject: str, desc: str, cols: tuple[str, str]) -
     for where, row in read_csv(path):
         opts = {k: field(where, row, k) for k in "ABCD"}
         it = _letters_item(where, field(where, row, cols[0]), opts, field(where, row, cols[1]),
-                           id=f"{subject}/{where.rsplit(':', 1)[-1]}", description=desc, subject=subject,
+                           id=f"{subject}/{loc_id(where)}", description=desc, subject=subject,
                            pool_key=subject)
         out.append(it)
     return out
