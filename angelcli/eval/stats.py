@@ -26,7 +26,8 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
     d = 1 + z * z / n
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+    lo, hi = max(0.0, c - h), min(1.0, c + h)
+    return (0.0 if k == 0 else lo), (1.0 if k == n else hi)  # exact ends, free of rounding
 
 
 def paired_bootstrap(a: list[bool], b: list[bool], seed: int = 0, rounds: int = 2000) -> dict:
