@@ -13,7 +13,8 @@ many forwards compute it:
 * distinct sequences are right-padded to the longest in the batch and run as one [B, T] forward with a
   fresh cache. Attention is causal, so a row's positions never see the padding that follows them, and MoE
   routing is per token: each row's logits are those of its own forward (tests compare with engine.score);
-* only the positions that are scored get the vocabulary projection (torch backend: logits_mask);
+* only the positions that are scored get the vocabulary projection (torch backend: logits_mask; the triton
+  backend's paged runner projects every position, so its batches are capped at ~2 GiB of fp32 logits);
 * long sequences run in chunks of the engine's prefill_chunk, like prefill.
 
 Contexts longer than the engine's max_seq_len are cut from the left, as lm-eval's HF model does.
@@ -25,6 +26,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+FULL_LOGITS_BYTES = 2 << 30
 
 
 def _plan(requests: list[tuple[list[int], list[int]]], max_len: int):
@@ -107,6 +110,8 @@ def loglikelihoods(engine, requests: list[tuple[list[int], list[int]]], *, batch
 
     on_progress(k) is called after each batch with the number of requests it completed."""
     seqs, need, plan, _ = _plan(requests, engine.max_seq_len)
+    if engine.backend != "torch":  # the paged runner projects every position: keep [B*T, V] fp32 near 2 GiB
+        batch_tokens = min(batch_tokens, max(512, FULL_LOGITS_BYTES // (4 * engine.cfg.vocab_size)))
     by_seq: dict[int, list[int]] = {}
     for r, (j, _) in enumerate(plan):
         by_seq.setdefault(j, []).append(r)
