@@ -132,3 +132,20 @@ def test_eval_help_does_not_import_torch():
 
     code = "import sys; from angelcli.cli import app; import angelcli.commands.eval; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_compare_results_lists_flips_and_counts():
+    from angelcli.eval.evaluate import compare_results
+
+    gold = list("ABCDABCDAB")
+    pa = list("ABCDAAAAAB")  # 7 right
+    pb = list("ABCCABCDBB")  # 8 right: fixes 6,7,8 (0-based 5,6,7), breaks 3 and 8
+    a = [{"id": str(i), "gold": g, "pred": p, "correct": g == p} for i, (g, p) in enumerate(zip(gold, pa))]
+    b = [{"id": str(i), "gold": g, "pred": p, "correct": g == p} for i, (g, p) in enumerate(zip(gold, pb))]
+    c = compare_results(a, b, seed=0)
+    assert c["difference_points"] == pytest.approx(10.0)
+    assert [(f["id"], f["change"]) for f in c["flips"]] == [("3", "broken"), ("5", "fixed"), ("6", "fixed"),
+                                                            ("7", "fixed"), ("8", "broken")]
+    assert (c["mcnemar"]["only_a_correct"], c["mcnemar"]["only_b_correct"]) == (2, 3)
+    assert c["mcnemar"]["p_value"] == pytest.approx(1.0)  # 2 vs 3 of 5: exact two-sided p = 1
+    assert c["changed_answers"] == 5 and c["ci95"][0] <= 0.1 <= c["ci95"][1]
