@@ -10,7 +10,8 @@ import typer
 
 
 def eval_cmd(
-    model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL", help="Path, store name or alias (default: angel-tiny)."),
+    model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL",
+                                          help="Path, store name or alias (default: angel-tiny)."),
     task: str = typer.Option(..., "--task", "-T", help="medqa | medmcqa | pubmedqa | mmlu-medical | cmb | cmexam | "
                                                        "cmmlu-medical."),
     data: Path = typer.Option(..., "--data", envvar="ANGEL_EVAL_DATA",
@@ -34,6 +35,7 @@ def eval_cmd(
     backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND", help="auto|torch|triton."),
     max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="Context length (longer prompts are cut "
                                                                           "from the left)."),
+    tp: int = typer.Option(1, "--tp", envvar="ANGEL_TP", help="Tensor-parallel GPUs (processes launched by angel)."),
     items_out: bool = typer.Option(False, "--items", help="With --json: include every question's result."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -63,7 +65,7 @@ def eval_cmd(
     models = [model] + ([compare] if compare else [])
     summary = evaluate(models, task, data, opts, limit=limit,
                        subjects=[s.strip() for s in subjects.split(",") if s.strip()] if subjects else None,
-                       device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len,
+                       device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, tp=tp,
                        sample_seed=seed if sample else None, keep_items=items_out)
     if report is not None:
         atomic_write_text(report, markdown(summary))

@@ -33,7 +33,8 @@ def _model_summary(spec: str | None, path: str, results: list[dict], seconds: fl
         if r.get("subject"):
             subjects.setdefault(r["subject"], []).append(r["correct"])
     if len(subjects) > 1:
-        out["per_subject"] = {s: {"questions": len(v), "accuracy": sum(v) / len(v)} for s, v in sorted(subjects.items())}
+        out["per_subject"] = {s: {"questions": len(v), "accuracy": sum(v) / len(v)}
+                              for s, v in sorted(subjects.items())}
     out["seconds"] = round(seconds, 3)
     out["questions_per_s"] = round(n / seconds, 3) if seconds > 0 else None
     return out
@@ -53,7 +54,7 @@ def compare_results(a: list[dict], b: list[dict], seed: int) -> dict:
 
 def evaluate(models: list[str | None], task: str, data, opts: EvalOptions, *, limit: int | None = None,
              subjects: list[str] | None = None, device: str = "auto", dtype: str = "auto", backend: str = "auto",
-             max_seq_len: int | None = None, sample_seed: int | None = None, keep_items: bool = False) -> dict:
+             max_seq_len: int | None = None, tp: int = 1, sample_seed: int | None = None, keep_items: bool = False) -> dict:
     from angelcli.console import log
     from angelcli.runtime import open_runtime
 
@@ -70,7 +71,7 @@ def evaluate(models: list[str | None], task: str, data, opts: EvalOptions, *, li
                "data_files": td.files, "questions": len(items), "skipped_multi_answer": skipped, "models": []}
     per_model = []
     for n, spec in enumerate(models):
-        rt = open_runtime(spec, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len)
+        rt = open_runtime(spec, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, tp=tp)
         try:
             label = f"{task} [{spec or 'angel-tiny'}]" if len(models) > 1 else task
             results, secs = run_items(rt, td, items, opts, label=label)

@@ -34,7 +34,8 @@ def markdown(s: dict, max_flips: int = 50) -> str:
              f"* mode: {mode}", f"* few-shot: {s['fewshot']}, seed {s['seed']}",
              f"* data: {', '.join('`' + f + '`' for f in s['data_files'])}"]
     if s.get("skipped_multi_answer"):
-        lines.append(f"* left out: {s['skipped_multi_answer']} multiple-answer questions (score them with --generate)")
+        lines.append(f"* left out: {s['skipped_multi_answer']} multiple-answer questions "
+                     "(score them with --generate)")
     lines += ["", "| model | accuracy % | 95% CI | correct / n | " + ("acc_norm % |" if s["mode"] == "loglikelihood"
                                                                    else "unanswered |") + " questions/s |",
               "|---|---:|---|---:|---:|---:|"]
@@ -47,7 +48,8 @@ def markdown(s: dict, max_flips: int = 50) -> str:
         lines += ["", "## Per subject", "", "| subject | n | " + " | ".join(m["model"] for m in s["models"]) + " |",
                   "|---|---:|" + "---:|" * len(s["models"])]
         for sub in subjects:
-            cells = [_pct(m["per_subject"][sub]["accuracy"]) if sub in m.get("per_subject", {}) else "" for m in s["models"]]
+            cells = [_pct(m["per_subject"][sub]["accuracy"]) if sub in m.get("per_subject", {}) else ""
+                     for m in s["models"]]
             n = next(m["per_subject"][sub]["questions"] for m in s["models"] if sub in m.get("per_subject", {}))
             lines.append(f"| {sub} | {n} | " + " | ".join(cells) + " |")
     c = s.get("compare")
@@ -56,14 +58,16 @@ def markdown(s: dict, max_flips: int = 50) -> str:
         mc = c["mcnemar"]
         lines += ["", f"## Paired comparison: B = {b} against A = {a}", "",
                   f"* difference B − A: **{c['difference_points']:+.2f} points**, bootstrap 95% CI "
-                  f"[{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}] ({c['bootstrap_rounds']} resamples of items)",
+                  f"[{100 * c['ci95'][0]:+.2f}, {100 * c['ci95'][1]:+.2f}] "
+                  f"({c['bootstrap_rounds']} resamples of items)",
                   f"* McNemar ({mc['method']}): {mc['only_a_correct']} right only in A, {mc['only_b_correct']} right "
                   f"only in B, p = {mc['p_value']:.4g}",
                   f"* answers changed: {c['changed_answers']}, correctness flipped: {len(c['flips'])}"]
         if c["flips"]:
             lines += ["", "| item | subject | gold | A | B | change |", "|---|---|---|---|---|---|"]
             for f in c["flips"][:max_flips]:
-                lines.append(f"| {f['id']} | {f['subject']} | {f['gold']} | {f['pred_a']} | {f['pred_b']} | {f['change']} |")
+                lines.append(f"| {f['id']} | {f['subject']} | {f['gold']} | {f['pred_a']} | {f['pred_b']} "
+                             f"| {f['change']} |")
             if len(c["flips"]) > max_flips:
                 lines.append(f"\n({len(c['flips']) - max_flips} more in the JSON output)")
     return "\n".join(lines) + "\n"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from angelcli.errors import UsageError
 from angelcli.eval.items import LETTERS, Item, TaskData, letter_options
-from angelcli.eval.readers import field, find_file, find_optional, loc_id, read_csv, read_json, read_json_records, read_jsonl
+from angelcli.eval.readers import (field, find_file, find_optional, loc_id, read_csv, read_json, read_json_records,
+                                   read_jsonl)
 
 # lm-eval's multimedqa group: the six MMLU subjects MultiMedQA uses.
 MMLU_MEDICAL = ["anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
