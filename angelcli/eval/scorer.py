@@ -17,6 +17,10 @@ many forwards compute it:
   backend's paged runner projects every position, so its batches are capped at ~2 GiB of fp32 logits);
 * long sequences run in chunks of the engine's prefill_chunk, like prefill.
 
+The one way a batched score can differ from the single forward beyond rounding: the batch's matmul shapes
+change the last bits of the router scores, and a token whose top-k experts are nearly tied may then route
+differently (measured once in 240 options on angel-tiny, 5e-3 nats; docs/eval.md). max_batch=1 avoids it.
+
 Contexts longer than the engine's max_seq_len are cut from the left, as lm-eval's HF model does.
 With tensor parallelism the work goes through engine.score, one sequence at a time (the workers mirror it).
 """
