@@ -53,6 +53,7 @@ def _angel_loglik(rt, context: str, continuation: str) -> float:
     return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
 
 
+@pytest.mark.slow
 def test_lm_eval_command_runs_angel_on_local_files(tmp_path, rt):
     data = tmp_path / "test.jsonl"
     data.write_text("".join(json.dumps({"question": q, "choices": o, "label": a}) + "\n" for q, o, a in QUESTIONS))

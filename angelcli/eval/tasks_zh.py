@@ -8,6 +8,7 @@ log-likelihood mode leaves them out (reported as skipped) and the generation mod
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from angelcli.errors import UsageError
@@ -75,6 +76,9 @@ def load_cmb(path: Path, fewshot: int) -> TaskData:
 
 
 # ---- CMExam: test.csv / train.csv with Question, Options ("A text\nB text..."), Answer ------------------------
+_OPTION_LINE = re.compile(r"^\s*([A-J])(?:[\s.．、:：)）]+|$)(.*)$")  # "A 文字", "A. 文字", "A、文字"
+
+
 def _cmexam_items(path: Path) -> list[Item]:
     out = []
     for where, row in read_csv(path):
@@ -83,9 +87,9 @@ def _cmexam_items(path: Path) -> list[Item]:
         ans = field(where, row, "Answer", "答案")
         options = {}
         for line in raw.splitlines():
-            letter, _, text = line.strip().partition(" ")
-            if letter:
-                options[letter.strip().rstrip(".、")] = text.strip()
+            m = _OPTION_LINE.match(line)
+            if m:
+                options[m.group(1)] = m.group(2).strip()
         if not ans.strip():
             continue  # a few released rows carry no answer; CMExam's own scripts drop them too
         out.append(_letters_item(where, "以下是中国医师资格考试的一道选择题，请直接给出正确答案的选项。\n" + q,
