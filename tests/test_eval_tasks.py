@@ -142,3 +142,43 @@ def test_cli_exit_2_names_the_missing_file(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "ori_pqal.json" in err and "Traceback" not in err
+
+
+def test_cmb_test_split_joins_the_published_answers(tmp_path):
+    root = S.write_cmb(tmp_path)
+    val = json.loads((root / "CMB-Exam" / "CMB-val" / "CMB-val-merge.json").read_text())
+    test = [{k: v for k, v in r.items() if k != "answer"} | {"id": i + 1} for i, r in enumerate(val)]
+    (root / "CMB-Exam" / "CMB-test").mkdir()
+    (root / "CMB-Exam" / "CMB-test" / "CMB-test-choice-question-merge.json").write_text(json.dumps(test))
+    answers = [{"id": i + 1, "question_type": r["question_type"], "answer": r["answer"]} for i, r in enumerate(val)]
+    (root / "CMB-test-choice-answer.json").write_text(json.dumps(answers))
+    td = load_task("cmb", root, fewshot=2)
+    assert [i.id for i in td.items] == [str(i + 1) for i in range(len(val))]
+    assert [i.answer for i in td.items] == [r["answer"] for r in val]
+    assert any("CMB-test-choice-answer.json" in f for f in td.files) and len(td.pools[""]) == len(val)
+    answers.pop()
+    (root / "CMB-test-choice-answer.json").write_text(json.dumps(answers))
+    with pytest.raises(UsageError, match=f"id {len(val)!r} has no entry"):
+        load_task("cmb", root)
+
+
+def test_pubmedqa_official_split_files(tmp_path):
+    root = S.write_pubmedqa(tmp_path)
+    data = json.loads((root / "ori_pqal.json").read_text())
+    keys = list(data)
+    (root / "test_set.json").write_text(json.dumps({k: data[k] for k in keys[:2]}))
+    (root / "pqal_fold0").mkdir()
+    (root / "pqal_fold0" / "train_set.json").write_text(json.dumps({k: data[k] for k in keys[2:5]}))
+    td = load_task("pubmedqa", root, fewshot=1)
+    assert [i.id for i in td.items] == keys[:2] and [p.id for p in td.pools[""]] == keys[2:5]
+
+
+def test_medmcqa_parquet_copy_is_zero_based(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [{"id": f"p{i}", "question": q, "opa": o[0], "opb": o[1], "opc": o[2], "opd": o[3], "cop": a,
+             "subject_name": "Medicine"} for i, (q, o, a) in enumerate(S.EN)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
+    td = load_task("medmcqa", tmp_path / "validation.parquet")
+    assert [i.gold for i in td.items] == [a for _, _, a in S.EN]
