@@ -33,10 +33,10 @@ COMMANDS: list[tuple[str, str]] = [
     ("plan", "angelcli.commands.plan:plan"),
     ("bench", "angelcli.commands.bench:bench"),
     ("quantize", "angelcli.commands.quantize:quantize"),
+    ("eval", "angelcli.commands.eval:eval_cmd"),
     ("draft-train", "angelcli.commands.draft_train:draft_train"),
     ("draft-attach", "angelcli.commands.draft_attach:draft_attach"),
     ("draft-eval", "angelcli.commands.draft_eval:draft_eval"),
-    ("eval", "angelcli.commands.eval:eval_cmd"),
 ]
 
 app = typer.Typer(

@@ -57,7 +57,16 @@ class _PlainProgress:
         now = time.monotonic()
         if now - self.last >= self.interval or (self.total is not None and self.done >= self.total):
             self.last = now
-            self._line(note)
+            self._line(self._with_eta(note))
+
+    def _with_eta(self, note: str | None) -> str | None:
+        """Prefix the note with the estimated time left (while a total is known and not yet reached)."""
+        rate = self.done / max(time.monotonic() - self.start, 1e-9)
+        if self.total is None or not 0 < self.done < self.total or rate <= 0:
+            return note
+        left = int((self.total - self.done) / rate)
+        eta = f"ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        return f"{eta} {note}" if note else eta
 
     def update(self, completed: float, note: str | None = None) -> None:
         self.advance(completed - self.done, note)
@@ -66,11 +75,7 @@ class _PlainProgress:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         total = f"/{self.total:g}" if self.total is not None else ""
         extra = f" {note}" if note else ""
-        rate = self.done / elapsed
-        if self.total is not None and 0 < self.done < self.total and rate > 0:
-            left = int((self.total - self.done) / rate)
-            extra = f" ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}" + extra
-        log(f"{self.description}: {self.done:g}{total} {self.unit} ({rate:.1f} {self.unit}/s){extra}")
+        log(f"{self.description}: {self.done:g}{total} {self.unit} ({self.done / elapsed:.1f} {self.unit}/s){extra}")
 
 
 class _RichProgress:
