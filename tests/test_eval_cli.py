@@ -149,3 +149,15 @@ def test_compare_results_lists_flips_and_counts():
     assert (c["mcnemar"]["only_a_correct"], c["mcnemar"]["only_b_correct"]) == (2, 3)
     assert c["mcnemar"]["p_value"] == pytest.approx(1.0)  # 2 vs 3 of 5: exact two-sided p = 1
     assert c["changed_answers"] == 5 and c["ci95"][0] <= 0.1 <= c["ci95"][1]
+
+
+def test_plain_progress_lines_show_an_eta(capsys, monkeypatch):
+    from angelcli import console
+
+    clock = iter([0.0, 10.0, 10.0, 10.0, 40.0, 40.0, 40.0])
+    monkeypatch.setattr(console.time, "monotonic", lambda: next(clock))
+    bar = console._PlainProgress("eval", total=4, unit="questions", interval=0.0)
+    bar.advance(1)  # 1 question in 10 s: 3 left, 30 s
+    bar.advance(3)  # done: no ETA on the last line
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("ETA 0:00:30") and "ETA" not in lines[1] and "4/4 questions" in lines[1]
