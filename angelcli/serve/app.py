@@ -150,7 +150,7 @@ def build_app(state: ServerState, lifespan=None) -> FastAPI:
         queue: asyncio.Queue = asyncio.Queue()
         rid = ("chatcmpl-" if job.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
         req = ServeRequest(job.prompt_ids, job.params, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
-                           rid=rid)
+                           rid=rid, logprobs=job.logprobs)
         try:
             sched.submit(req)
         except QueueFull as err:

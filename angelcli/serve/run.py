@@ -102,6 +102,11 @@ def serve_builtin(opts: ServeOptions) -> None:
     from angelcli.serve.app import build_app
 
     _check_port(opts.host, opts.port)
+    import sys
+
+    # The scheduler thread and the HTTP event loop share the GIL; with the default 5 ms switch interval
+    # the loop waits a whole interval after each socket write, which starves streaming at high batch.
+    sys.setswitchinterval(0.0005)
     rt, state = build_state(opts)
     sched = state.scheduler
 

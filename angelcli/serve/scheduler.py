@@ -54,6 +54,7 @@ class ServeRequest:
     params: SamplingParams  # stop_ids included
     emit: Callable[[tuple], None]
     rid: str = ""
+    logprobs: bool = False  # the chosen token's logprob is wanted (top-k ones come with params.logprobs)
     cancelled: bool = False
     generated: list[int] = field(default_factory=list)
     arrived: float = field(default_factory=time.perf_counter)
@@ -166,6 +167,7 @@ class Scheduler:
             try:
                 if self.spec is not None:
                     self._spec_step()
+                    self._gauges()
                     continue
                 alone = len(admit) == 1 and not self.running and not self.pending
                 for r in admit:
@@ -247,9 +249,13 @@ class Scheduler:
             ids_t = torch.cat([logits[j : j + 1].argmax(-1) if a.req.params.greedy
                                else sample(logits[j : j + 1], a.req.params, a.gen) for j, a in enumerate(acts)])
         k = max(a.req.params.logprobs for a in acts)
-        lp, top_v, top_i = step_logprobs(logits, ids_t, k)
-        ids, lp = ids_t.tolist(), lp.tolist()
-        top_v, top_i = (top_v.tolist(), top_i.tolist()) if k else (None, None)
+        if k or any(a.req.logprobs for a in acts):
+            lp, top_v, top_i = step_logprobs(logits, ids_t, k)
+            lp = lp.tolist()
+            top_v, top_i = (top_v.tolist(), top_i.tolist()) if k else (None, None)
+        else:  # nobody asked for logprobs: skip the log-softmax over the vocabulary
+            lp, top_v, top_i = [0.0] * len(acts), None, None
+        ids = ids_t.tolist()
         from angelcli.engine.engine import StepOutput
 
         for j, (slot, a) in enumerate(zip(slots, acts)):
