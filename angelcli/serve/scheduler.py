@@ -110,7 +110,8 @@ class Scheduler:
         with self.cond:
             if not self.accepting:
                 raise NotAccepting("the server is shutting down")
-            if len(self.pending) >= self.max_queue and len(self.running) + (self.spec is not None) >= self.max_batch:
+            # waiting beyond the free batch slots is the queue; --max-queue bounds it
+            if len(self.pending) >= self.max_queue + max(0, self.max_batch - self.batch_size):
                 raise QueueFull(f"{len(self.pending)} requests are waiting (--max-queue {self.max_queue})")
             req._wake = self.wake
             self.pending.append(req)
