@@ -12,6 +12,7 @@ decode step): streamed responses watch the connection for http.disconnect, non-s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -74,8 +75,25 @@ class SSEResponse(StreamingResponse):
 
 
 def build_app(state: ServerState, lifespan=None) -> FastAPI:
-    app = FastAPI(title="angel serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    """lifespan: the caller's (starts / stops the scheduler); the app adds the hop of scheduler events
+    onto its event loop (one call_soon_threadsafe per scheduler step, see Scheduler.post)."""
     sched, metrics, ctx = state.scheduler, state.metrics, state.ctx
+
+    def deliver(batch) -> None:  # on the event loop
+        for req, ev in batch:
+            req.emit(ev)
+
+    @contextlib.asynccontextmanager
+    async def with_post(app):
+        loop = asyncio.get_running_loop()
+        sched.post = lambda batch: loop.call_soon_threadsafe(deliver, batch)
+        if lifespan is None:
+            yield
+        else:
+            async with lifespan(app):
+                yield
+
+    app = FastAPI(title="angel serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=with_post)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc):
@@ -149,8 +167,10 @@ def build_app(state: ServerState, lifespan=None) -> FastAPI:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         rid = ("chatcmpl-" if job.kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-        req = ServeRequest(job.prompt_ids, job.params, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
-                           rid=rid, logprobs=job.logprobs)
+        # events arrive on this loop (Scheduler.post); without a post hook they come from its thread
+        emit = queue.put_nowait if sched.post is not None else (
+            lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+        req = ServeRequest(job.prompt_ids, job.params, emit, rid=rid, logprobs=job.logprobs)
         try:
             sched.submit(req)
         except QueueFull as err:
@@ -182,36 +202,47 @@ def build_app(state: ServerState, lifespan=None) -> FastAPI:
 
 
 async def _events(queue: asyncio.Queue, req: ServeRequest, out: TextOutput, rs: "_Render"):
-    """Yield (deltas, logprob entries) per token until the request ends; rs records finish and usage."""
+    """Yield (deltas, logprob entries) until the request ends; rs records finish and usage. Tokens that
+    queued up while the client was being served are taken together (one chunk for several tokens), so a
+    slow consumer falls behind by chunks, not by a growing backlog of tiny writes."""
     while True:
-        ev = await queue.get()
-        if ev[0] == "token":
-            step = ev[1]
-            deltas = out.push(step)
-            lp = rs.logprob_entry(step) if not out.stopped or deltas else None
-            if out.stopped:
-                req.cancel()  # a stop string: no more tokens are needed
-            yield deltas, lp
-        elif ev[0] == "end":
-            rs.finish = "stop" if out.stopped else {"cancelled": "abort"}.get(ev[1], ev[1])
-            rs.completion_tokens = len(out.token_ids)
-            yield out.close(), None
-            return
-        else:
-            rs.error = ev[1]
-            return
+        events = [await queue.get()]
+        while not queue.empty():
+            events.append(queue.get_nowait())
+        deltas, lps = [], []
+        for ev in events:
+            if ev[0] == "token":
+                step = ev[1]
+                got = out.push(step)
+                deltas += got
+                lp = rs.logprob_entry(step) if not out.stopped or got else None
+                if lp is not None:
+                    lps.append(lp)
+                if out.stopped:
+                    req.cancel()  # a stop string: no more tokens are needed
+            elif ev[0] == "end":
+                rs.finish = "stop" if out.stopped else {"cancelled": "abort"}.get(ev[1], ev[1])
+                rs.completion_tokens = len(out.token_ids)
+                yield deltas + out.close(), lps
+                return
+            else:
+                rs.error = ev[1]
+                if deltas or lps:
+                    yield deltas, lps
+                return
+        yield deltas, lps
 
 
 async def _stream(queue, req, out, rs):
     try:
-        yield _sse(rs.chunk([], None, first=True))
-        async for deltas, lp in _events(queue, req, out, rs):
-            if deltas or lp:
-                yield _sse(rs.chunk(deltas, lp))
+        yield _sse(rs.chunk([], [], first=True))
+        async for deltas, lps in _events(queue, req, out, rs):
+            if deltas or lps:
+                yield _sse(rs.chunk(deltas, lps))
         if rs.error:
             yield _sse(ApiError(500, f"generation failed: {rs.error}", None, "engine_error").body())
         else:
-            yield _sse(rs.chunk([], None, finish=rs.finish))
+            yield _sse(rs.chunk([], [], finish=rs.finish))
             if rs.job.include_usage:
                 yield _sse(rs.usage_chunk())
         yield "data: [DONE]\n\n"
@@ -262,7 +293,7 @@ class _Render:
         return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
                 "top_logprobs": [e["top"] for e in entries], "text_offset": offsets}
 
-    def chunk(self, deltas, lp, *, first: bool = False, finish: str | None = None) -> dict:
+    def chunk(self, deltas, lps, *, first: bool = False, finish: str | None = None) -> dict:
         if self.chat:
             delta: dict = {"role": "assistant", "content": ""} if first else {}
             for kind, text in deltas:
@@ -271,12 +302,12 @@ class _Render:
                     delta["reasoning"] = delta["reasoning_content"]
                 else:
                     delta["content"] = delta.get("content", "") + text
-            choice = {"index": 0, "delta": delta, "logprobs": self._lp_obj([lp]) if lp else None,
+            choice = {"index": 0, "delta": delta, "logprobs": self._lp_obj(lps) if lps else None,
                       "finish_reason": finish}
             obj = "chat.completion.chunk"
         else:
             choice = {"index": 0, "text": "".join(t for _, t in deltas),
-                      "logprobs": self._lp_obj([lp]) if lp else None, "finish_reason": finish}
+                      "logprobs": self._lp_obj(lps) if lps else None, "finish_reason": finish}
             obj = "text_completion"
         d = {"id": self.rid, "object": obj, "created": self.created, "model": self.job.model, "choices": [choice]}
         if self.job.include_usage:

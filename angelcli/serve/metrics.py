@@ -20,6 +20,7 @@ class Metrics:
         self.rejected: dict[int, int] = {}  # HTTP status -> requests refused before reaching the engine
         self.prompt_tokens = self.generation_tokens = 0
         self.decode_steps = self.decode_rows = 0
+        self.decode_seconds = 0.0
         self.queue = self.batch = 0
         self.ttft_sum = self.ttft_count = 0.0
         self.latency_sum = 0.0
@@ -30,10 +31,11 @@ class Metrics:
         with self.lock:
             self.queue, self.batch = queue, batch
 
-    def step(self, rows: int) -> None:
+    def step(self, rows: int, seconds: float = 0.0) -> None:
         with self.lock:
             self.decode_steps += 1
             self.decode_rows += rows
+            self.decode_seconds += seconds
 
     def tokens(self, n: int = 1) -> None:
         now = time.monotonic()
@@ -101,6 +103,9 @@ class Metrics:
                 f"angel_decode_steps_total{{{lab}}} {self.decode_steps}",
                 "# TYPE angel_decode_rows_total counter",
                 f"angel_decode_rows_total{{{lab}}} {self.decode_rows}",
+                "# HELP angel_decode_seconds_total Time spent in batched decode forwards.",
+                "# TYPE angel_decode_seconds_total counter",
+                f"angel_decode_seconds_total{{{lab}}} {self.decode_seconds:.6f}",
                 f"# HELP angel_generation_tokens_per_second Generated tokens per second over the last {self.window:g} s.",
                 "# TYPE angel_generation_tokens_per_second gauge",
                 f"angel_generation_tokens_per_second{{{lab}}} {tps:.3f}",

@@ -14,9 +14,11 @@ A request alone in the batch decodes through a one-row contiguous view: the very
 so its greedy tokens are those of `angel generate`; among others it takes the engine's ragged-batch path,
 whose greedy tokens the tests compare with the sequential ones.
 
-Events go to `req.emit(event)` from this thread: ("token", StepOutput) for each token (the last carries
-finish_reason), then ("end", finish_reason, stats dict) once; ("error", message) if the engine failed.
-finish_reason: stop | length | cancelled | error.
+Events go to `req.emit(event)`: ("token", StepOutput) for each token (the last carries finish_reason), then
+("end", finish_reason, stats dict) once; ("error", message) if the engine failed. finish_reason: stop |
+length | cancelled | error. Without `post` they are emitted from this thread as they come; with
+`post(batch)` (the HTTP server's: one hop to its event loop) each loop iteration hands over all of its
+[(request, event)] at once, so a batch of B rows costs one wake-up of the loop per step, not B.
 
 Speculative decoding: with a draft attached and one request alone (nothing running, nothing waiting), it
 runs through engine.speculator.generate (chain drafting + verification, identical greedy output). When
@@ -79,8 +81,10 @@ class _Active:
 
 
 class Scheduler:
-    def __init__(self, engine, *, max_batch: int = 16, max_queue: int = 64, metrics=None, speculate: bool = True):
-        self.engine, self.metrics = engine, metrics
+    def __init__(self, engine, *, max_batch: int = 16, max_queue: int = 64, metrics=None, speculate: bool = True,
+                 post: Callable[[list], None] | None = None):
+        self.engine, self.metrics, self.post = engine, metrics, post
+        self._out: list[tuple[ServeRequest, tuple]] = []
         self.max_batch, self.max_queue = max(1, max_batch), max(0, max_queue)
         self.max_len = engine.max_seq_len
         self.cache = engine.new_cache(self.max_batch, self.max_len)
@@ -163,11 +167,13 @@ class Scheduler:
                     for r in self.pending:
                         self._end(r, "cancelled")
                     self.pending.clear()
+                    self._flush()
                     return
                 admit = self._take_admissible()
             try:
                 if self.spec is not None:
                     self._spec_step()
+                    self._flush()
                     self._gauges()
                     continue
                 alone = len(admit) == 1 and not self.running and not self.pending
@@ -182,6 +188,7 @@ class Scheduler:
                     self._retire(slot, "error", msg)
                 if self.spec is not None:
                     self._close_spec("error", msg)
+            self._flush()
             self._gauges()
 
     def _take_admissible(self) -> list[ServeRequest]:
@@ -236,9 +243,10 @@ class Scheduler:
     def _decode(self) -> None:
         live = sorted(self.running)
         tokens = torch.tensor([self.running[s].last for s in live], device=self.engine.device)
+        t0 = time.perf_counter()
         logits = self.engine.decode_step(tokens, self.cache.rows(live))  # [b, V]
         if self.metrics is not None:
-            self.metrics.step(len(live))
+            self.metrics.step(len(live), time.perf_counter() - t0)
         self._emit_tokens(live, logits)
 
     def _emit_tokens(self, slots: list[int], logits: torch.Tensor) -> None:
@@ -275,7 +283,7 @@ class Scheduler:
             req.first_token_at = time.perf_counter()
         if self.metrics is not None:
             self.metrics.tokens()
-        req.emit(("token", step))
+        self._send(req, ("token", step))
 
     def _retire(self, slot: int, reason: str, message: str | None = None) -> None:
         a = self.running.pop(slot)
@@ -298,7 +306,18 @@ class Scheduler:
             stats["speculative"] = spec
         if self.metrics is not None:
             self.metrics.finished(reason, stats)
-        req.emit(("error", message) if reason == "error" else ("end", reason, stats))
+        self._send(req, ("error", message) if reason == "error" else ("end", reason, stats))
+
+    def _send(self, req: ServeRequest, event: tuple) -> None:
+        if self.post is None:
+            req.emit(event)
+        else:
+            self._out.append((req, event))
+
+    def _flush(self) -> None:
+        if self._out:
+            batch, self._out = self._out, []
+            self.post(batch)
 
     # ---- speculative decoding (one request alone) ----
     def _spec_step(self) -> None:
