@@ -125,6 +125,12 @@ def test_local_checkpoint_kinds_and_draft(tmp_path):
     with pytest.raises(UsageError, match="SupportsEagle3"):  # vLLM + a draft on BailingMoeV2
         build(opts(str(bf16), "vllm", gpus=1))
     assert "--speculative-algorithm" not in build(opts(str(bf16), "vllm", gpus=1, draft=False)).commands[0]
+    # a draft alias not downloaded here: SGLang fetches it by hub id (the acceptance command + a draft)
+    argv = build(opts("antangelmed-fp8", gpus=2, gpu_mem=96, draft_path="ling-flash-eagle3")).commands[0]
+    assert flag(argv, "--tp-size") == "2" and flag(argv, "--speculative-algorithm") == "EAGLE3"
+    assert flag(argv, "--speculative-draft-model-path") == "AQ-MedAI/Ling-Flash-2.0-eagle3"
+    with pytest.raises(UsageError, match="SupportsEagle3"):
+        build(opts("antangelmed-fp8", "vllm", gpus=2, gpu_mem=96, draft_path="ling-flash-eagle3"))
 
 
 def test_refusals(tmp_path, monkeypatch):

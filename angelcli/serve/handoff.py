@@ -146,7 +146,7 @@ def _draft(t: Target, o: HandoffOptions) -> tuple[Path | None, int]:
         if o.draft_path:
             raise UsageError("--draft-path and --no-draft contradict each other")
         return None, 0
-    d = resolve_draft_dir(o.draft_path) if o.draft_path else (
+    d = _draft_path(o.draft_path) if o.draft_path else (
         attached_draft(t.local_dir, t.spec) if t.local_dir is not None else None)
     if d is None and o.draft:
         raise UsageError(f"--draft: {t.spec} has no EAGLE3 draft attached (`angel draft-attach MODEL DRAFT`)")
@@ -155,7 +155,24 @@ def _draft(t: Target, o: HandoffOptions) -> tuple[Path | None, int]:
     return d, int(k)
 
 
-def _check_draft_for_sglang(t: Target, d: Path) -> None:
+def _draft_path(spec: str) -> Path | str:
+    """A local draft directory / store name, else the hub id of a draft alias or `org/name` (the engine
+    downloads it; angel cannot check what it has not seen)."""
+    from angelcli.aliases import resolve_repo_id
+    from angelcli.eagle.attach import resolve_draft_dir
+
+    try:
+        return resolve_draft_dir(spec)
+    except UsageError:
+        repo = resolve_repo_id(spec)
+        if repo is None:
+            raise
+        return repo
+
+
+def _check_draft_for_sglang(t: Target, d: Path | str) -> None:
+    if not isinstance(d, Path):
+        return  # a hub id: SGLang reads it; nothing local to check
     from angelcli.eagle.attach import check_draft
     from angelcli.eagle.export import config_from_files
     from angelcli.errors import CheckFailed
@@ -259,6 +276,8 @@ def build(o: HandoffOptions) -> Handoff:
             _check_ct_for_sglang(t)
         if draft is not None:
             _check_draft_for_sglang(t, draft)
+            if not isinstance(draft, Path):
+                notes.append(f"draft {draft} is not downloaded here: SGLang fetches it; angel did not check it")
     tp, tp_node = _plan_tp(t, o, notes)
     context = o.context or t.cfg.max_position_embeddings
     if o.nnodes > 1 and not o.dist_init_addr:
