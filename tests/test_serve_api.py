@@ -56,7 +56,7 @@ def _stop(proc):
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = _start("--api-key", KEY, "--max-batch", "8", "--max-queue", "2")
+    proc, url = _start("--api-key", KEY, "--max-batch", "8", "--max-queue", "2", "--draft")
     yield url
     _stop(proc)
 

@@ -24,8 +24,9 @@ def serve(
                                            help="Seconds in-flight requests may finish after Ctrl-C / SIGTERM."),
     log_requests: bool = typer.Option(False, "--log-requests", help="Access log on stderr."),
     draft: Optional[bool] = typer.Option(None, "--draft/--no-draft",
-                                         help="Speculative decoding with the attached EAGLE3 draft "
-                                              "(built-in: when one request runs alone; sglang: EAGLE3 flags)."),
+                                         help="Speculative decoding with the attached EAGLE3 draft (built-in: "
+                                              "when one request runs alone, default on CUDA only; sglang: "
+                                              "EAGLE3 flags, default when one is attached)."),
     draft_path: Optional[str] = typer.Option(None, "--draft-path", envvar="ANGEL_DRAFT", help="Draft directory or store name."),
     draft_k: Optional[int] = typer.Option(None, "--draft-k", envvar="ANGEL_DRAFT_K", help="Draft tokens per target pass."),
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE", help="auto|cpu|cuda|cuda:N."),

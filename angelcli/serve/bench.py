@@ -36,8 +36,8 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     port = free_port()
     cmd = [sys.executable, "-m", "angelcli", "serve", args.model, "--port", str(port), "--device", "cpu",
            "--threads", str(args.threads), "--max-batch", str(max(args.levels))]
-    if args.no_draft:
-        cmd.append("--no-draft")
+    if args.draft:
+        cmd.append("--draft")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=sys.stderr)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2, help="requests per client at each level")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-draft", action="store_true", help="serve without speculative decoding")
+    ap.add_argument("--draft", action="store_true", help="speculate with the attached draft (off on CPU by default)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     args.levels = [int(x) for x in args.concurrency.split(",")]
