@@ -10,7 +10,7 @@ import torch
 from angelcli.engine import Engine, SamplingParams
 from angelcli.loader import load_model
 from angelcli.serve.metrics import Metrics
-from angelcli.serve.scheduler import QueueFull, Scheduler, ServeRequest
+from angelcli.serve.scheduler import QueueFull, Scheduler, ServeRequest, TooLong
 
 PROMPTS = [[5, 9, 100, 7], [1, 2], [40, 41, 42, 43, 44, 45, 46], [300], [7, 7, 7], [11, 250, 3, 99, 18]]
 
@@ -140,3 +140,26 @@ def test_speculative_request_moves_into_the_batch_when_another_arrives():
         sched.stop(timeout=5)
     assert [a.tokens, b.tokens] == want
     assert m.spec_passes > 0 and m.decode_rows > m.decode_steps
+
+
+def test_fixed_kv_budget_admits_what_fits_and_refuses_what_never_can(tiny):
+    """A paged pool with a fixed budget (the planner's kv_tokens on a GPU): requests wait until their
+    prompt + max_tokens fit beside the running ones, and one larger than the whole budget is refused."""
+    net, cfg = tiny
+    engine = Engine(net, cfg, device="cpu", max_seq_len=256, backend="triton", paged_ops="torch", kv_tokens=64)
+    sched = Scheduler(engine, max_batch=4, max_queue=8)
+    assert sched.kv_capacity == 64
+    with pytest.raises(TooLong):
+        sched.submit(ServeRequest([5] * 10, SamplingParams(max_new_tokens=100), Collector()))
+    cols = [Collector() for _ in range(3)]
+    want = [alone(engine, [5 + i, 9, 11], 20) for i in range(3)]
+    sched.start()
+    try:
+        for i, c in enumerate(cols):  # 3 x 32 tokens > 64: the third waits for a finished row
+            sched.submit(ServeRequest([5 + i, 9, 11], SamplingParams(max_new_tokens=20), c))
+        for c in cols:
+            assert c.done.wait(60)
+    finally:
+        sched.stop(timeout=5)
+    assert [c.tokens for c in cols] == want and sched.kv_reserved == 0
+    assert len(sched.cache.pool.free) == sched.cache.pool.num_blocks

@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from angelcli.serve.output import TextOutput
 from angelcli.serve.protocol import ApiError, Context, Job, parse_chat, parse_completion
-from angelcli.serve.scheduler import NotAccepting, QueueFull, ServeRequest
+from angelcli.serve.scheduler import NotAccepting, QueueFull, ServeRequest, TooLong
 
 MAX_BODY = 16 * 2**20  # bytes; a larger request body gets 413
 
@@ -177,6 +177,8 @@ def build_app(state: ServerState, lifespan=None) -> FastAPI:
             raise ApiError(503, f"the server is busy: {err}; retry later", None, "queue_full") from None
         except NotAccepting as err:
             raise ApiError(503, str(err), None, "shutting_down") from None
+        except TooLong as err:
+            raise ApiError(400, f"{err}; lower max_tokens", "max_tokens", "context_length_exceeded") from None
         out = TextOutput(ctx.tokenizer, job.stop, split_think=job.kind == "chat", start_in_think=job.start_in_think)
         rs = _Render(job, rid, int(time.time()), out)
         if job.stream:

@@ -46,6 +46,10 @@ class QueueFull(Exception):
     """More requests waiting than --max-queue (HTTP 503)."""
 
 
+class TooLong(Exception):
+    """Prompt + max_tokens exceed the whole KV budget: it could never be admitted (HTTP 400)."""
+
+
 class NotAccepting(Exception):
     """The server is shutting down (HTTP 503)."""
 
@@ -111,6 +115,9 @@ class Scheduler:
         return -(-n // self.block) * self.block
 
     def submit(self, req: ServeRequest) -> None:
+        if self.kv_capacity is not None and self.kv_need(req.prompt_ids, req.params) > self.kv_capacity:
+            raise TooLong(f"prompt + max_tokens need {self.kv_need(req.prompt_ids, req.params)} tokens of KV cache; "
+                          f"the server's whole KV budget is {self.kv_capacity}")
         with self.cond:
             if not self.accepting:
                 raise NotAccepting("the server is shutting down")
