@@ -175,6 +175,15 @@ def test_cli_print_and_vllm_draft_exit_codes(tmp_path):
     assert r.returncode == 0 and "--tp-size 2" in r.stdout
     r = run("--engine", "vllm", "--gpus", "1", "--print")  # angel-tiny has its draft attached
     assert r.returncode == 2 and "EAGLE3" in r.stderr and "Traceback" not in r.stderr
+    r = run("--gpus", "2")  # hand-off flags on the built-in engine
+    assert r.returncode == 2 and "--gpus applies to --engine" in r.stderr
+    import socket
+
+    with socket.socket() as busy:  # a taken port fails before the model loads, in one line
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run("--port", str(busy.getsockname()[1]))
+    assert r.returncode == 2 and "cannot listen" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 FAKE = """#!{py}
