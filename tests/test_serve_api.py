@@ -140,6 +140,7 @@ def _metric(server, name, **labels):
 
 def test_disconnect_cancels_the_request(server):
     before = _metric(server, "angel_requests_total", finish_reason="cancelled")
+    tokens_before = _metric(server, "angel_generation_tokens_total")
     body = {"messages": [{"role": "user", "content": "Tell me everything."}], "max_tokens": 3000,
             "ignore_eos": True, "stream": True}
     with httpx.stream("POST", server + "/v1/chat/completions", json=body,
@@ -152,7 +153,9 @@ def test_disconnect_cancels_the_request(server):
         assert time.monotonic() < deadline, "the request was not cancelled"
         time.sleep(0.05)
     assert _metric(server, "angel_batch_size") == 0
-    assert _metric(server, "angel_generation_tokens_total") < 3000
+    made = _metric(server, "angel_generation_tokens_total") - tokens_before
+    time.sleep(0.3)
+    assert _metric(server, "angel_generation_tokens_total") - tokens_before == made < 3000  # it stopped
 
 
 def test_error_statuses(server, client):
