@@ -40,3 +40,8 @@ draft-tiny:
         --layouts sglang --no-keep-checkpoint --threads 2 --out angelcli/assets/angel-tiny-eagle3 --json
     rm -f angelcli/assets/angel-tiny-eagle3/regenerated.jsonl  # the resume cache does not ship
     {{py}} -m angelcli draft-eval angel-tiny --k 3 --prompts 64 --max-new-tokens 128 --threads 1 --json
+
+# `angel serve` throughput and latency at concurrency 1, 4, 8, 16 (angel-tiny on CPU, one thread; pass
+# --url http://HOST:PORT for a running server, e.g. on a GPU); numbers in docs/serve.md
+bench-serve *ARGS:
+    {{py}} -m angelcli.serve.bench {{ARGS}}

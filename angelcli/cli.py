@@ -37,6 +37,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("draft-train", "angelcli.commands.draft_train:draft_train"),
     ("draft-attach", "angelcli.commands.draft_attach:draft_attach"),
     ("draft-eval", "angelcli.commands.draft_eval:draft_eval"),
+    ("serve", "angelcli.commands.serve:serve"),
 ]
 
 app = typer.Typer(

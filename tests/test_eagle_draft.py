@@ -87,6 +87,24 @@ def test_layer_id_conventions():
         assert len(set(ids)) == 3 and list(ids) == sorted(ids) and 0 <= ids[0] and ids[-1] < n
         if n >= 5:
             assert ids[0] == 1 and ids[-1] <= n - 2  # expressible in SGLang's and vLLM's conventions
+        if n >= 4:
+            assert ids[-1] <= n - 2  # SGLang captures at the start of layer id+1: never the last output
+
+
+def test_portability_warnings_follow_the_engines_capture_points():
+    from angelcli.eagle.export import portability_warnings, verifier_name
+
+    assert verifier_name("/x/hub/models--MedAIBase--AntAngelMed-FP8/snapshots/abc", "local") \
+        == "MedAIBase/AntAngelMed-FP8"
+    assert verifier_name("/somewhere/else", "angel-tiny") == "angel-tiny"
+    def cfg(ids, n=5):
+        return small_cfg(target_num_layers=n, aux_layers=tuple(ids))
+
+    assert portability_warnings(cfg(default_aux_layers(5))) == []
+    assert portability_warnings(cfg(default_aux_layers(32), 32)) == []
+    (w,) = portability_warnings(cfg((1, 3, 4)))  # the last layer's output: fine in vLLM, not in SGLang
+    assert w.startswith("SGLang: id 4") and "layer id+1 = 5" in w
+    assert not any(x.startswith("vLLM") for x in portability_warnings(cfg((1, 3, 4))))
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])

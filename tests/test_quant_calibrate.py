@@ -87,6 +87,7 @@ def test_static_layout_config_and_scales(src, static_out):
     # llmcompressor resolved the recipe's regexes to concrete module names
     assert "model.layers.0.attention.query_key_value" in qc["ignore"] and "lm_head" in qc["ignore"]
     assert "model.layers.1.mlp.gate" in qc["ignore"]
+    assert "model.layers.0.mlp.gate_up_proj" in qc["ignore"]  # SGLang's fused dense FFN (schemes.fused_ignore)
     src_t, out_t = _tensors(src), _tensors(static_out)
     want = set(src_t)
     for name, t in src_t.items():

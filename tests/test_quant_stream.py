@@ -164,6 +164,7 @@ def test_dynamic_compressed_tensors_layout_and_library_roundtrip(edge, tmp_path)
     assert (g["input_activations"]["strategy"], g["input_activations"]["dynamic"]) == ("token", True)
     assert "lm_head" in qc["ignore"] and "model.layers.1.mlp.gate" in qc["ignore"]
     assert "model.layers.1.attention.query_key_value" in qc["ignore"]
+    assert "model.layers.0.mlp.gate_up_proj" in qc["ignore"]  # SGLang's fused dense FFN of layer 0
     meta, src_t = st_dtypes(out), tensors_of(edge)
     for name, t in src_t.items():
         if schemes.is_target(name, "experts"):
@@ -377,3 +378,14 @@ def test_outputs_load_in_angels_fp8_loader(aligned, tmp_path, scheme):
     toks = [s.token_id for s in Engine(model, cfg, device="cpu", max_seq_len=32).generate(
         [5, 17, 42], SamplingParams(temperature=0.0, max_new_tokens=3))]
     assert len(toks) == 3
+
+
+def test_fused_ignore_names_follow_the_targets():
+    from angelcli.config import ModelConfig
+    from angelcli.fixtures import tiny_config
+
+    cfg = ModelConfig.from_dict({**tiny_config(), "first_k_dense_replace": 2})
+    assert schemes.fused_ignore(cfg, "experts") == ["model.layers.0.mlp.gate_up_proj",
+                                                    "model.layers.1.mlp.gate_up_proj"]
+    assert schemes.fused_ignore(cfg, "all") == []  # quantised dense FFNs get the FP8 scheme, fused or not
+    assert "model.layers.1.mlp.gate_up_proj" in schemes.ct_ignore(cfg, "experts")

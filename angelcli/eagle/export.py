@@ -50,21 +50,47 @@ def sglang_layer_ids(cfg: DraftConfig) -> list[int]:
 
 
 def vllm_layer_ids(cfg: DraftConfig) -> list[int]:
-    return [i + 1 for i in cfg.aux_layers]  # vLLM / speculators: capture before layer i+1
+    return [i + 1 for i in cfg.aux_layers]  # vLLM / speculators: id k = output of layer k-1
 
 
 def portability_warnings(cfg: DraftConfig) -> list[str]:
-    """Why an id list might not mean the same layers in an engine (shallow targets only)."""
+    """Why an id list would not load as the same layers in an engine.
+
+    SGLang (its Bailing model, like its others) adds 1 to each configured id and captures the residual
+    stream at the *start* of that layer, so foundation id N-1 (the last layer's output) maps to a layer
+    that does not exist and is never captured: the draft fails at its first step. vLLM 0.34 captures after
+    each layer (id k = output of layer k-1, k up to N), so every foundation id is expressible there."""
     out = []
+    n = cfg.target_num_layers
+    if max(cfg.aux_layers) >= n - 1:
+        out.append(f"SGLang: id {max(cfg.aux_layers)} is the output of the last layer ({n} layers); SGLang captures "
+                   f"at the start of layer id+1 = {max(cfg.aux_layers) + 1}, which does not exist, so the draft "
+                   f"cannot run there (train with ids <= {n - 2}, e.g. the defaults)")
     if cfg.aux_layers[0] != 1:
         out.append(f"SGLang: ids {sglang_layer_ids(cfg)} do not start with 1; SGLang releases disagree on "
                    "whether such ids are 'output of' or 'capture before' (PR #25454)")
     if len(set(cfg.aux_layers)) != 3:
         out.append("vLLM: repeated layer ids give fewer than 3 captured states")
-    if max(vllm_layer_ids(cfg)) >= cfg.target_num_layers:
-        out.append(f"vLLM: id {max(vllm_layer_ids(cfg))} would need the output of the last layer, which vLLM "
-                   "cannot capture")
     return out
+
+
+def verifier_name(model_dir, fallback: str) -> str:
+    """The target's hub id for the speculators config's verifier.name_or_path when angel knows it (a store
+    entry's repo, an HF cache snapshot's repo), else `fallback`. vLLM resolves that field when the draft
+    folder is served as the main model, and rejects a local name it cannot find."""
+    import re
+
+    p = Path(model_dir).resolve()
+    try:
+        from angelcli import store
+
+        for m in store.list_manifests():
+            if Path(m.dir).resolve() == p and getattr(m, "repo", None):
+                return m.repo
+    except Exception:  # noqa: BLE001 - the store is optional; fall through to the path forms
+        pass
+    hit = re.search(r"/models--([^/]+?)--([^/]+)/snapshots/", str(p) + "/")
+    return f"{hit.group(1)}/{hit.group(2)}" if hit else fallback
 
 
 def _common_llama(cfg: DraftConfig, dtype: str) -> dict:

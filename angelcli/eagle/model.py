@@ -41,8 +41,9 @@ def default_aux_layers(num_layers: int) -> tuple[int, int, int]:
     """Outputs of layers (1, N/2-1, N-4), 0-based, the upstream default.
 
     Shallow targets (fewer than 7 layers) cannot give three distinct ids that way; there angel spreads
-    three ids over the layers it can capture, preferring ids that every engine convention can express
-    (SGLang needs the first id to be 1, vLLM cannot capture the last layer's output).
+    three ids over the layers it can capture, preferring ids that every engine can express: SGLang
+    captures at the start of layer id+1, so the last layer's output (id N-1) is out of its reach, and
+    some SGLang releases read a list whose first id is not 1 differently (vLLM 0.34 takes any id).
     """
     n = num_layers
     ids = (1, n // 2 - 1, n - 4)
@@ -50,8 +51,8 @@ def default_aux_layers(num_layers: int) -> tuple[int, int, int]:
         return ids
     if n >= 5:  # three distinct ids in [1, N-2]
         return (1, (n - 1) // 2, n - 2) if (n - 1) // 2 not in (1, n - 2) else (1, 2, n - 2)
-    if n >= 3:
-        return (0, n // 2, n - 1)
+    if n >= 3:  # (0, 1, 2): avoids the last layer's output where the target allows it (N = 4)
+        return (0, 1, 2)
     raise UsageError(f"target has {n} layers; an EAGLE3 draft needs a target with at least 3")
 
 

@@ -314,7 +314,10 @@ def train_draft(rt, opts: TrainOptions) -> dict:
                          "ttt": opts.ttt, "lr": opts.lr, "batch_size": opts.batch_size, "max_len": opts.max_len,
                          "regenerated": opts.regenerate, "vocab_coverage": round(coverage, 4)},
             "eval": report}
-    exports = export_draft(draft, out, dtype=opts.export_dtype, special=special, verifier=target_name,
+    from angelcli.eagle.export import verifier_name
+
+    exports = export_draft(draft, out, dtype=opts.export_dtype, special=special,
+                           verifier=verifier_name(rt.model_dir, target_name),
                            meta=meta, k=opts.eval_k, layouts=opts.layouts)
     if not opts.keep_checkpoint:
         shutil.rmtree(out / CHECKPOINT, ignore_errors=True)

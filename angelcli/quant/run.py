@@ -249,7 +249,8 @@ def _run_static(src: Path, raw: dict, out: Path, cfg, opts: QuantOptions):
     _check_static_names(out, shard_names, cfg, opts.targets)
     qc = dict(res.quantization_config)
     ignore = list(qc.get("ignore") or [])
-    qc["ignore"] = ignore + [n for n in schemes.NAME_ONLY_IGNORE if n not in ignore]
+    extra = schemes.fused_ignore(cfg, opts.targets) + schemes.NAME_ONLY_IGNORE  # see schemes.fused_ignore
+    qc["ignore"] = ignore + [n for n in extra if n not in ignore]
     recipe_src = calibrate.recipe_for(opts.targets)[1]
     calibration = {"source": opts.calib, "samples": res.num_samples, "tokens": res.num_tokens,
                    "all_experts": opts.all_experts, "pipeline": opts.pipeline, "offload": opts.offload,

@@ -110,9 +110,29 @@ def unquantized_linears(cfg: ModelConfig, targets: str) -> list[str]:
 NAME_ONLY_IGNORE = ["model.word_embeddings"]
 
 
+def fused_ignore(cfg: ModelConfig, targets: str) -> list[str]:
+    """The fused module names serving engines build for unquantised projections (`ignore` entries).
+
+    SGLang's Bailing model fuses the dense FFN's gate_proj + up_proj into `mlp.gate_up_proj` (and q/k/v into
+    `attention.query_key_value`, already a checkpoint name). Its compressed-tensors `should_ignore_layer`
+    unfuses a name only through the model's `packed_modules_mapping`, which Bailing leaves empty, so without
+    the fused name in `ignore` a BF16 dense FFN gets an FP8 scheme and silently loads as garbage (layer 0 of
+    an `--targets experts` output). compressed-tensors 0.17-0.19 and vLLM match only names they meet, so
+    the extra entries change nothing for them."""
+    out = []
+    for i in range(cfg.num_hidden_layers):
+        if cfg.is_moe_layer(i):
+            continue
+        p = f"model.layers.{i}.mlp"
+        if not any(is_target(f"{p}.{n}_proj.weight", targets) for n in ("gate", "up")):
+            out.append(f"{p}.gate_up_proj")
+    return out
+
+
 def ct_ignore(cfg: ModelConfig, targets: str) -> list[str]:
-    """`ignore` of a compressed-tensors config: every unquantised Linear plus the embedding."""
-    return unquantized_linears(cfg, targets) + NAME_ONLY_IGNORE
+    """`ignore` of a compressed-tensors config: every unquantised Linear, the fused names engines build
+    from them (fused_ignore), plus the embedding."""
+    return unquantized_linears(cfg, targets) + fused_ignore(cfg, targets) + NAME_ONLY_IGNORE
 
 
 def native_quant_config(cfg: ModelConfig, targets: str) -> dict:
