@@ -84,6 +84,9 @@ def ensure_venv(extras: str) -> None:
         elif _run(pip + ["install", "--no-index", CPU_TORCH], check=False) != 0:
             _run(pip + ["install", CPU_TORCH, "--index-url", CPU_INDEX])
     _run(pip + ["install", "-e", f"{ROOT}[{extras}]" if extras else str(ROOT)])
+    # The stock `lm_eval --model angel` needs "angel" registered in its process: a start-up hook does it
+    # (angelcli/eval/lm_eval_hook.py explains why a .pth file and not an entry point).
+    _run([str(py), "-c", "from angelcli.eval.lm_eval_hook import install_pth; install_pth()"])
     stamp.write_text(want + "\n")
 
 

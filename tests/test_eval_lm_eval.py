@@ -1,4 +1,4 @@
-"""lm-evaluation-harness on angel's engine: `python -m angelcli.eval.lm_eval_cli --model angel` runs a task
+"""lm-evaluation-harness on angel's engine: the stock `lm_eval --model angel` runs a task
 whose data the test writes (a local task YAML with data_files), and the log-likelihoods it records are
 angel's own; loglikelihood_rolling and generate_until match the engine directly."""
 
@@ -53,6 +53,25 @@ def _angel_loglik(rt, context: str, continuation: str) -> float:
     return sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
 
 
+def _stock_lm_eval() -> Path:
+    import sysconfig
+
+    from angelcli.eval.lm_eval_hook import PTH_NAME
+
+    script = Path(sys.executable).parent / "lm_eval"
+    if not (Path(sysconfig.get_paths()["purelib"]) / PTH_NAME).exists() or not script.exists():
+        pytest.skip("the lm_eval start-up hook is installed by `python3 -m angelcli.bootstrap test`")
+    return script
+
+
+def test_stock_lm_eval_knows_the_angel_model_type():
+    _stock_lm_eval()
+    code = "from lm_eval.api.registry import get_model; print(get_model('angel').__name__)"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0 and p.stdout.strip() == "AngelLM", p.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_lm_eval_command_runs_angel_on_local_files(tmp_path, rt):
     data = tmp_path / "test.jsonl"
@@ -61,7 +80,8 @@ def test_lm_eval_command_runs_angel_on_local_files(tmp_path, rt):
     (tmp_path / "tasks" / "angel_test_mc.yaml").write_text(TASK_YAML.format(data=data))
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
                PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "angelcli.eval.lm_eval_cli", "run", "--model", "angel", "--model_args",
+    # The stock console script: the bootstrap's start-up hook registers "angel" in its process.
+    cmd = [str(_stock_lm_eval()), "run", "--model", "angel", "--model_args",
            "dtype=float32", "--device", "cpu", "--batch_size", "4", "--tasks", "angel_test_mc", "--include_path",
            str(tmp_path / "tasks"), "--log_samples", "--output_path", str(tmp_path / "out")]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
