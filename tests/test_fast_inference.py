@@ -158,3 +158,12 @@ def test_shipped_angel_tiny_matches_upstream_reference_for_128_tokens():
     got = [s.token_id for s in Engine(model.eval(), mcfg).generate(prompt, SamplingParams(max_new_tokens=128))]
     with torch.inference_mode():
         assert got == ref.greedy_cached(cfg, sd, prompt, 128)
+
+
+def test_bench_vs_reference_reports_both_speeds_and_identical_tokens():
+    from angelcli.bench_reference import run_vs_reference, table
+
+    rep = run_vs_reference(None, tokens=8, rounds=1)
+    assert rep["identical"] is True and rep["tokens"] == 8 and rep["threads"] == 1
+    assert rep["engine_tokens_per_s"] > 0 and rep["reference_tokens_per_s"] > 0 and rep["ratio"] > 0
+    assert "identical tokens: yes" in table(rep)
