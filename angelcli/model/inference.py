@@ -1,8 +1,9 @@
 """The torch backend's inference forward: the same model and numerics as the modules' forward, with fewer ops.
 
-A decode step of a small model on a CPU thread is bound by how many tensor ops it dispatches, not by FLOPs
-(angel-tiny: ~25 us of arithmetic per layer against ~3 us of dispatch per op), so this forward reads the
-modules' parameters directly and does per step only what the semantics need:
+A decode step of a small model on a CPU thread costs mostly tensor-op dispatches (1-3 us each on this
+project's CPU) and the weights it reads, not FLOPs, so this forward reads the modules' parameters directly
+and does per step only what the semantics need (angel-tiny: 349 ops per decode step against the upstream
+layout's 712, docs/benchmarks.md):
   * rotary tables come precomputed per position (Rotary.full_tables), in a form that rotates q and k of all
     heads with one multiply-add: out = x * cos_full + x[..., swap] * sin_signed (cos_full = 1 and
     sin_signed = 0 on the pass-through dims, sin_signed = -sin on the first rotary half), which is the same
@@ -15,7 +16,8 @@ modules' parameters directly and does per step only what the semantics need:
   * routed experts run only for the (token, slot) pairs that need them: a short loop over the chosen experts
     when a step routes few tokens, one sorted pass otherwise; each expert output is cast to fp32, weighted
     and summed over the slots in fp32 as upstream does;
-  * the causal mask and the cache's ragged bookkeeping are built once per forward, not once per layer.
+  * the causal mask and the cache's ragged bookkeeping are built once per forward, not once per layer;
+  * on CPU, small projection weights are read from input-major copies (input_major_copy).
 BailingMoeForCausalLM.forward takes this path in inference (no autograd, eval mode, one process); the
 modules' forward stays the slow twin tests compare against (tests/test_fast_inference.py).
 Shapes: B batch, T new tokens, S cached + new, H hidden, Hq / Hkv heads, D head_dim, E experts, K top-k.
