@@ -226,3 +226,26 @@ def test_render_sample(tmp_path):
     assert s == "<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>U<|role_end|><role>ASSISTANT</role>"
     with pytest.raises(ValueError):
         render_sample({"messages": [{"role": "user", "content": "U"}]})
+
+
+def test_v3_dedupes_list_items_and_renumbers():
+    from angelcli.tiny.corpus_v3 import dedupe_reply
+
+    text = "Signs:\n1. Tiredness\n2. Thirst\n3. tiredness.\n4. Blurred vision\n\nAlso:\n- Thirst\n- Weight loss"
+    assert dedupe_reply(text) == "Signs:\n1. Tiredness\n2. Thirst\n3. Blurred vision\n\nAlso:\n- Weight loss"
+    assert dedupe_reply("No list here.\nJust text.") == "No list here.\nJust text."
+
+
+def test_v3_corpus_adds_remedies_and_lay_wordings_deterministically():
+    from angelcli.tiny.corpus import generate
+
+    a, b = generate(seed=0, scale=0.2, version=3), generate(seed=0, scale=0.2, version=3)
+    assert a == b
+    samples = [s for split in a.values() for s in split]
+    asked = {s["messages"][-2]["content"]: s["messages"][-1]["content"] for s in samples}
+    assert any(q.startswith("How do I get rid of") for q in asked)
+    assert any(q.endswith("怎么办？") for q in asked)
+    causes = [r for q, r in asked.items() if q.startswith("What causes") and "What helps:" in r]
+    assert causes  # symptom causes answers now also say what to do
+    v2 = generate(seed=0, scale=0.2, version=2)
+    assert sum(len(x) for x in a.values()) > sum(len(x) for x in v2.values())

@@ -129,3 +129,17 @@ def test_sorted_moe_dispatch_matches_the_reference_loop_with_gradients():
         if n in ref_grads:
             torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-7, msg=n)
     assert ref_grads.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_extended_probe_has_heldout_phrasings_apart_from_the_corpus():
+    from angelcli.data import load_split
+    from angelcli.tiny.probe import extended_probes, load_heldout_probes
+
+    held = load_heldout_probes()
+    assert len(held) == 20 and sum(p["lang"] == "en" for p in held) == 14 and all(p["topic"] for p in held)
+    rows = extended_probes()
+    assert {r["set"] for r in rows} == {"demo", "heldout"} and len(rows) == len(held) + 40
+    questions = {p["prompt"] for p in held}
+    for split in ("train", "calib", "eval"):
+        asked = {m["content"] for s in load_split(split) for m in s["messages"] if m["role"] == "user"}
+        assert not questions & asked  # written apart from the corpus templates: never a training question

@@ -32,6 +32,10 @@ def bench(
     backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND", help="auto|torch|triton."),
     tp: int = typer.Option(1, "--tp", envvar="ANGEL_TP", help="Tensor-parallel GPUs."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    vs_reference: bool = typer.Option(False, "--vs-reference", help="CPU decode of MODEL (default angel-tiny) "
+                                      "against the upstream-shaped reference in tests/: float32, greedy, "
+                                      "--tokens (default 128) tokens, identical tokens required (exit 1)."),
+    threads: int = typer.Option(1, "--threads", envvar="ANGEL_THREADS", help="CPU threads for --vs-reference."),
 ) -> None:
     """Measure prefill and decode throughput at batch 1/32 and context 1K/32K, BF16 and FP8, with the
     decode step as a fraction of the memory-bandwidth roofline. On CPU everything is scaled down.
@@ -39,9 +43,23 @@ def bench(
     Examples:
       angel bench
       angel bench antangelmed-fp8 --tp 2 --json
+      angel bench --vs-reference --threads 1   (angel-tiny CPU decode vs the upstream-shaped reference)
     """
     from angelcli.bench import run_bench
     from angelcli.console import emit_json, log
+
+    if vs_reference:
+        from angelcli.bench_reference import run_vs_reference, table
+        from angelcli.errors import CheckFailed
+
+        rep = run_vs_reference(model, tokens=tokens or 128, threads=threads)
+        if json_out:
+            emit_json(rep)
+        else:
+            typer.echo(table(rep))
+        if not rep["identical"]:
+            raise CheckFailed("the torch backend's greedy tokens differ from the reference's")
+        return
 
     if tokens is not None and tokens < 2:
         from angelcli.errors import UsageError

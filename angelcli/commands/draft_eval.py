@@ -7,6 +7,12 @@ from typing import Optional
 import typer
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def draft_eval(
     model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL", help="Target: path, store name or alias (default: angel-tiny)."),
     draft: Optional[str] = typer.Option(None, "--draft", help="Draft directory or store name (default: the attached one)."),
@@ -21,11 +27,14 @@ def draft_eval(
     device: str = typer.Option("auto", "--device", envvar="ANGEL_DEVICE"),
     backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND"),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    record: bool = typer.Option(False, "--record", help="Store the measured speed in the draft's angel-draft.json: "
+                                "generate and chat speculate by default only where it is above 1x."),
 ) -> None:
     """Measure a draft: acceptance length, per-position acceptance, speedup.
 
     tau = tokens per target pass (bonus included), per-position acceptance, target passes per token and
-    wall-clock speedup against plain decoding, on held-out prompts.
+    wall-clock speedup against plain decoding (plain and speculative tokens/s measured alternately in the
+    same run), on held-out prompts.
 
     Examples:
       angel draft-eval --k 3
@@ -45,7 +54,11 @@ def draft_eval(
     tok = rt.tokenizer if data != "random" else None
     ids = eval_prompts(tok, data, prompts, seed=seed, vocab_size=rt.cfg.vocab_size)
     report = eval_draft(rt, rt.engine, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    report.update(model=str(rt.model_dir), draft=str(rt.draft_dir), data=data)
+    report.update(model=str(rt.model_dir), draft=str(rt.draft_dir), data=data, threads=torch_threads())
+    if record:
+        from angelcli.eagle.attach import record_measurement
+
+        record_measurement(rt.draft_dir, report)
     if json_out:
         emit_json(report)
     if report["identical"] is False:

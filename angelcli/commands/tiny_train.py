@@ -14,12 +14,21 @@ def tiny_train(
     threads: int = typer.Option(2, "--threads", help="CPU threads (results are reproducible for a fixed count)."),
     seed: int = typer.Option(0, "--seed"),
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
+    prompt_loss_weight: Optional[float] = typer.Option(None, "--prompt-loss-weight", help="Loss weight of question "
+                                                       "and template tokens (shipped model: 0.1; 0 = answers only)."),
+    corpus_version: int = typer.Option(2, "--corpus-version", help="Corpus builder version: 2 = the shipped "
+                                       "corpus files; 3 = built in memory with remedies, lay wordings and "
+                                       "de-duplicated lists (angelcli/tiny/corpus_v3.py)."),
 ) -> None:
     """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; <= 15 min on 2 cores.
 
-    Ends with the topic probe: the 40 built-in demo questions answered greedily, counted on topic or not.
+    Ends with the topic probe: the 40 built-in demo questions and 20 held-out phrasings answered greedily,
+    counted on topic or not. A retrained model needs a retrained EAGLE3 draft (`just draft-tiny`): the draft
+    is fingerprint-checked against the model it was trained for.
 
-    Example:  angel tiny-train --out /tmp/angel-tiny
+    Examples:
+      angel tiny-train --out /tmp/angel-tiny
+      angel tiny-train --out /tmp/angel-tiny-v3 --corpus-version 3 --prompt-loss-weight 0   (the v3 recipe)
     """
     from angelcli.console import emit_json, log
     from angelcli.data import load_split
@@ -33,8 +42,22 @@ def tiny_train(
     if threads < 1:
         raise UsageError("--threads must be >= 1")
     dest = out or TINY_DIR
-    settings = TrainSettings(threads=threads, seed=seed, **({"steps": steps} if steps else {}))
-    hist = train_tiny(dest, TINY_TOKENIZER_DIR, load_split("train"), load_split("eval"), settings, log=log)
+    if prompt_loss_weight is not None and not 0 <= prompt_loss_weight <= 1:
+        raise UsageError("--prompt-loss-weight must be between 0 and 1")
+    extra = {"steps": steps} if steps else {}
+    if prompt_loss_weight is not None:
+        extra["prompt_loss_weight"] = prompt_loss_weight
+    settings = TrainSettings(threads=threads, seed=seed, **extra)
+    if corpus_version == 2:
+        train, held = load_split("train"), load_split("eval")
+    elif corpus_version == 3:
+        from angelcli.tiny.corpus import generate
+
+        splits = generate(seed=0, version=3)  # deterministic: the same samples for every run
+        train, held = splits["train"], splits["eval"]
+    else:
+        raise UsageError("--corpus-version must be 2 or 3")
+    hist = train_tiny(dest, TINY_TOKENIZER_DIR, train, held, settings, log=log)
     probe = hist.get("topic_probe", {})
     summary = {"out": str(dest), "steps": settings.steps, "train_seconds": hist["train_seconds"],
                "untrained_eval": hist["untrained_eval"], "final_eval": hist["final_eval"],
@@ -44,4 +67,4 @@ def tiny_train(
     else:
         log(f"angel-tiny written to {dest}: held-out answer loss {hist['final_eval']['loss']:.3f} "
             f"(untrained {hist['untrained_eval']['loss']:.3f}), {probe.get('on_topic')}/{probe.get('total')} "
-            f"demo questions on topic, in {hist['train_seconds']:.0f}s")
+            f"probe questions on topic, in {hist['train_seconds']:.0f}s")

@@ -11,6 +11,11 @@ record says otherwise.
 
 Resolution for a run (`generate`, `chat`): --no-draft -> none; --draft-path D -> D; otherwise the record
 (or the store's attached draft, or the shipped tiny draft); --draft with nothing attached is a UsageError.
+By default (neither --draft nor --no-draft) a run speculates only where that is measured to pay: the draft's
+angel-draft.json may carry `measured.<cpu|cuda>` from `angel draft-eval --record`, and its speedup must be
+above 1; without a record a CUDA run speculates (EAGLE3's regime: decode is memory-bound, so verifying k+1
+tokens costs about one step) and a CPU run decodes plainly (a small model on a CPU is compute-bound, where
+verification costs ~k+1 steps; angel-tiny's draft measured 0.8x there).
 `enable_draft` gives the engine its speculator (Engine.attach_draft, open_runtime(use_draft=...)).
 """
 
@@ -227,6 +232,37 @@ def target_fingerprint(model) -> str:
     return hashlib.sha256(rows.numpy().tobytes()).hexdigest()[:16]
 
 
+def device_kind(device) -> str:
+    """'cuda' or 'cpu': the key of a draft's speed record for a device."""
+    import torch
+
+    return "cuda" if torch.device(device).type == "cuda" else "cpu"
+
+
+def speculation_pays(meta: dict, device) -> tuple[bool, str]:
+    """(whether a default run on `device` should speculate with this draft, why). See the module docstring."""
+    kind = device_kind(device)
+    rec = (meta.get("measured") or {}).get(kind)
+    if rec and rec.get("speedup") is not None:
+        s = float(rec["speedup"])
+        return s > 1.0, f"the draft measured {s:.2f}x against plain decoding on {kind} (angel draft-eval)"
+    if kind == "cuda":
+        return True, "no speed record for cuda; speculative decoding is the GPU default"
+    return False, "no measured speedup on cpu for this draft (angel draft-eval --record measures one)"
+
+
+def record_measurement(draft_dir: Path, report: dict) -> None:
+    """Store a draft-eval report's speed under measured.<device kind> in the draft's angel-draft.json."""
+    from angelcli.eagle.export import ANGEL_META
+
+    p = Path(draft_dir) / ANGEL_META
+    meta = json.loads(p.read_text())
+    keep = ("k", "prompts", "max_new_tokens", "tau", "plain_tokens_per_s", "speculative_tokens_per_s", "speedup",
+            "dtype", "threads")
+    meta.setdefault("measured", {})[device_kind(report["device"])] = {k: report.get(k) for k in keep}
+    atomic_write_json(p, meta)
+
+
 def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str | None = None, k: int = 3,
                  model_spec: str | None = None) -> Path | None:
     """Give `engine` a speculator for the run's draft (engine.speculator); returns the draft directory or None.
@@ -234,7 +270,7 @@ def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str 
     use_draft None = the recorded draft if any, True = a draft is required, False = none. An explicitly
     requested draft (--draft, --draft-path) that fails its checks is an error; an attached one used by
     default only warns and decodes plainly, so a stale attachment never breaks `generate` or `chat`."""
-    from angelcli.console import warn
+    from angelcli.console import log, warn
 
     if draft is not None and use_draft is False:
         raise UsageError("--draft-path and --no-draft contradict each other")
@@ -266,6 +302,11 @@ def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str 
         warn(f"attached draft not used: {err}")
         return None
     meta = read_meta(draft_dir) or {}
+    if not explicit:
+        pays, why = speculation_pays(meta, engine.device)
+        if not pays:
+            log(f"plain decoding: {why} (--draft speculates anyway)")
+            return None
     made_for = (meta.get("target") or {}).get("fingerprint")
     if made_for and made_for != target_fingerprint(engine.model):
         warn(f"{draft_dir} was trained for other weights of this architecture; output stays exact, "

@@ -76,5 +76,6 @@ def eval_draft(rt, engine, prompts: list[list[int]], *, max_new_tokens: int = 12
         "device": rt.device, "dtype": rt.dtype,
     }
     log(f"tau {report['tau']} at k={k}; per position {report['per_position_acceptance']}; "
-        f"{report['target_passes_per_token']} target passes per token; speedup {report['speedup']}x")
+        f"{report['target_passes_per_token']} target passes per token; plain {report['plain_tokens_per_s']} tok/s, "
+        f"speculative {report['speculative_tokens_per_s']} tok/s: speedup {report['speedup']}x")
     return report

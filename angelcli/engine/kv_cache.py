@@ -93,8 +93,10 @@ class KVCache(RowLengths):
     # ---- views ----
     def rows(self, idx: list[int]) -> "KVCache":
         """A view on rows `idx` (positions in this object's rows) sharing storage and lengths."""
-        view = copy.copy(self)
         idx = list(idx)
+        if idx == list(range(len(self.sel))):
+            return self  # all rows in order: the view would be this object (decode asks every step)
+        view = copy.copy(self)
         view.sel = [self.sel[i] for i in idx]
         contiguous = self.contiguous and idx == list(range(idx[0], idx[0] + len(idx)))
         if contiguous:

@@ -168,6 +168,10 @@ class ForwardOutput:
 
 
 class BailingMoeForCausalLM(nn.Module):
+    # Inference (no autograd, eval mode, one process) runs angelcli/model/inference.py: the same numerics with
+    # fewer ops. False on an instance forces the modules' forward, the slow twin tests compare against.
+    fast_inference = True
+
     def __init__(self, cfg: ModelConfig, tp=None):
         """tp: a TensorParallel (model/parallel.py) to build this rank's slice; None = the whole model."""
         super().__init__()
@@ -201,6 +205,13 @@ class BailingMoeForCausalLM(nn.Module):
         logits_mask [B, T] bool: compute logits only where True, returned flattened as [N, V] (training scores
         answer tokens only, and the vocabulary projection is the largest matmul of a small model).
         """
+        if self.fast_inference and self.tp is None and not self.training and not torch.is_grad_enabled():
+            from angelcli.model import inference
+
+            out = ForwardOutput(logits=None)  # type: ignore[arg-type]
+            h, out.hidden = inference.forward(self, input_ids, cache, positions, capture_layers,
+                                              out.router if return_router else None)
+            return self._head(h, out, last_only, logits_mask)
         B, T = input_ids.shape
         if positions is None and getattr(cache, "is_ragged", False):
             positions = cache.positions(T)  # [B, T]: each row continues from its own length
@@ -217,13 +228,22 @@ class BailingMoeForCausalLM(nn.Module):
                 out.hidden[i] = h
         if cache is not None:
             cache.advance(T)
-        h = self.model.norm(h)
+        return self._head(h, out, last_only, logits_mask)
+
+    def _head(self, h, out: ForwardOutput, last_only: bool, logits_mask) -> ForwardOutput:
+        """Final norm and lm_head on the last decoder layer's output h [B, T, H]; fills out.logits."""
         if last_only:
             h = h[:, -1:]
         elif logits_mask is not None:
             h = h[logits_mask]  # [N, H]
-        logits = self.lm_head(h)
+        if self.fast_inference and not torch.is_grad_enabled():
+            from angelcli.model.inference import lin, norm
+
+            logits = lin(self.lm_head, norm(h, self.model.norm), input_major=True)  # the same ops, fewer calls
+        else:
+            h = self.model.norm(h)  # per position, so normalising only the rows kept is the same
+            logits = self.lm_head(h)
         if self.vocab_split:
             logits = self.tp.all_gather_last(logits)  # [B, T, V]: each rank computed V / world columns
-        out.logits = logits.float()
+        out.logits = logits if logits.dtype == torch.float32 else logits.float()
         return out

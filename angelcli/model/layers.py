@@ -80,6 +80,40 @@ class Rotary(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.scale).to(dtype), (emb.sin() * self.scale).to(dtype)
 
+    def full_tables(self, positions: torch.Tensor | None, dtype: torch.dtype, head_dim: int,
+                    span: tuple[int, int] | None = None):
+        """positions [B, T] -> (cos_full, sin_signed [B, T, head_dim] in dtype, swap [head_dim] int64) for the
+        one-multiply-add rotation of angelcli/model/inference.py: x * cos_full + x[..., swap] * sin_signed.
+
+        cos_full is cos on the rotary dims and 1 on the pass-through dims; sin_signed is -sin on the first
+        rotary half, +sin on the second, 0 on the pass-through dims; swap exchanges the two rotary halves.
+        Rows come from a per-position table built with forward's formula (grown by doubling, kept per
+        dtype and device), so each value equals what forward computes for that position.
+        span (a, b) instead of positions: the consecutive positions a .. b-1 for every row, as [1, b - a, D]."""
+        device = self.inv_freq.device if positions is None else positions.device
+        need = span[1] if positions is None else int(positions.max()) + 1
+        key = (dtype, device, head_dim)
+        tables = getattr(self, "_tables", None)
+        if tables is None:
+            tables = self._tables = {}
+        if key not in tables or tables[key][0].shape[0] < need:
+            size = max(256, 1 << (need - 1).bit_length())
+            pos = torch.arange(size, device=device)[None]
+            cos, sin = self.forward(pos, dtype)  # [1, size, rot]
+            rot, half = cos.shape[-1], cos.shape[-1] // 2
+            cos_full = torch.ones(size, head_dim, dtype=dtype, device=device)
+            sin_signed = torch.zeros(size, head_dim, dtype=dtype, device=device)
+            cos_full[:, :rot] = cos[0]
+            sin_signed[:, :half] = -sin[0, :, :half]
+            sin_signed[:, half:rot] = sin[0, :, half:]
+            swap = torch.tensor(list(range(half, rot)) + list(range(half)) + list(range(rot, head_dim)),
+                                device=device)
+            tables[key] = (cos_full, sin_signed, swap)
+        cos_full, sin_signed, swap = tables[key]
+        if positions is None:
+            return cos_full[None, span[0] : span[1]], sin_signed[None, span[0] : span[1]], swap
+        return cos_full[positions], sin_signed[positions], swap
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2

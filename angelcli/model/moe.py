@@ -44,16 +44,21 @@ def route(
     routed_scaling_factor: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Group-limited sigmoid top-k. logits [T, E] fp32 -> (ids [T, K] int64, weights [T, K] fp32)."""
-    scores = torch.sigmoid(logits.float())  # [T, E]
-    choice = scores if expert_bias is None else scores + expert_bias.float()
+    # (Written with as few tensor ops as the semantics allow: a decode step routes one token per MoE layer and
+    # on a CPU the op dispatches, not the arithmetic, are the cost. Casts of fp32 tensors are skipped.)
+    f32 = torch.float32
+    scores = torch.sigmoid(logits if logits.dtype == f32 else logits.float())  # [T, E]
+    if expert_bias is None:
+        choice = scores
+    else:
+        choice = scores + (expert_bias if expert_bias.dtype == f32 else expert_bias.float())
     T, E = choice.shape
     if n_group > 1:
         grouped = choice.view(T, n_group, E // n_group)
         group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [T, G]
         keep = group_scores.topk(topk_group, dim=-1, sorted=False).indices  # [T, topk_group]
-        group_mask = torch.zeros_like(group_scores).scatter_(1, keep, 1.0)
-        expert_mask = group_mask[:, :, None].expand(T, n_group, E // n_group).reshape(T, E)
-        choice = choice.masked_fill(expert_mask == 0, float("-inf"))
+        drop = torch.ones(T, n_group, 1, dtype=torch.bool, device=choice.device).scatter_(1, keep[:, :, None], False)
+        choice = grouped.masked_fill(drop, float("-inf")).view(T, E)  # experts of dropped groups -> -inf
     ids = choice.topk(top_k, dim=-1, sorted=True).indices  # [T, K]
     weights = scores.gather(1, ids)  # unbiased scores weight the experts
     if top_k > 1:

@@ -65,6 +65,10 @@ VARIANTS = {
     2: {"en": dict(single=5, multi=3, case=3, sym=6, med=4, med_multi=2),
         "zh": dict(single=9, multi=6, case=5, sym=9, med=8, med_multi=4)},
 }
+# Version 3 (angelcli/tiny/corpus_v3.py) keeps v2's counts and adds remedy-completed symptom answers, lay
+# wordings per intent and de-duplicated list items. The shipped corpus files are still v2 (the shipped model
+# was trained on them); `angel tiny-train --corpus-version 3` builds v3 in memory and trains on it.
+VARIANTS[3] = VARIANTS[2]
 
 
 def seed_samples(rng: random.Random, scale: float = 1.0, version: int = BUILDER_VERSION) -> list[tuple[str, str, list]]:
@@ -102,6 +106,10 @@ def seed_samples(rng: random.Random, scale: float = 1.0, version: int = BUILDER_
             out += [(lang, "knowledge", turns) for turns in T.passage_samples(rng, p)]
         for d in kb["dialogues"]:
             out += [(lang, "dialogue", turns) for turns in T.dialogue_samples(d)]
+    if version >= 3:
+        from angelcli.tiny.corpus_v3 import extra_samples
+
+        out += extra_samples(rng, _kb(), scale)
     return out
 
 
@@ -192,6 +200,10 @@ def generate(seed: int = 0, scale: float = 1.0, version: int = BUILDER_VERSION) 
     raw = seed_samples(rng, scale, version) + source_samples(rng, seed, scale)
     seen: set[str] = set()
     samples = []
+    if version >= 3:
+        from angelcli.tiny.corpus_v3 import dedupe_reply
+
+        raw = [(lang, kind, [(u, dedupe_reply(a)) for u, a in turns]) for lang, kind, turns in raw]
     for lang, kind, turns in raw:
         s = to_sample(rng, lang, kind, turns)
         key = conversation_key(s)
@@ -205,7 +217,8 @@ def dumps_jsonl(samples: list[dict]) -> str:
     return "".join(json.dumps(s, ensure_ascii=False, separators=(",", ":")) + "\n" for s in samples)
 
 
-def build_corpus(out_dir: str | Path = DATA_DIR, seed: int = 0, scale: float = 1.0) -> dict:
+def build_corpus(out_dir: str | Path = DATA_DIR, seed: int = 0, scale: float = 1.0,
+                 version: int = BUILDER_VERSION) -> dict:
     """Write {train,calib,eval}.jsonl and manifest.json into `out_dir`; return the manifest.
 
     `scale` < 1 builds a proportionally smaller corpus (tests use it for speed).
@@ -213,8 +226,8 @@ def build_corpus(out_dir: str | Path = DATA_DIR, seed: int = 0, scale: float = 1
     from angelcli.tiny.corpus_sources import source_versions
 
     out = Path(out_dir)
-    splits = generate(seed, scale)
-    manifest = {"builder_version": BUILDER_VERSION, "seed": seed, "scale": scale, "sources": source_versions(),
+    splits = generate(seed, scale, version)
+    manifest = {"builder_version": version, "seed": seed, "scale": scale, "sources": source_versions(),
                 "total": text_stats([s for v in splits.values() for s in v]), "splits": {}}
     for name in SPLITS:
         text = dumps_jsonl(splits[name])

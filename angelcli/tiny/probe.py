@@ -6,14 +6,33 @@ about type 2 diabetes). The probe answers every question greedily, exactly as `a
 template, default system block, stop at either eos id), and counts the answers that are on topic. None of the
 questions appears in any corpus split, so this measures answering, not recall of a training sample.
 
-    report = topic_probe(model, cfg, tok)     -> {"on_topic": n, "total": m, "rate": n/m, "answers": [...]}
+    report = topic_probe(model, cfg, tok)     -> {"on_topic": n, "total": m, "rate": n/m,
+                                                  "sets": {"demo": {...}, "heldout": {...}}, "answers": [...]}
+By default the probe asks the demo questions and the held-out phrasings of probe_heldout.jsonl.
 """
 
 from __future__ import annotations
 
-from angelcli.data import load_prompt_rows
+import json
+
+from angelcli.data import MEDICAL_DIR, load_prompt_rows
 
 load_topic_probes = load_prompt_rows  # [{"prompt", "lang", "topic": [words]}] for every built-in demo question
+
+# Questions written apart from the corpus templates and the demo questions (different wording, lay terms,
+# several facts in one question) on conditions and medicines the corpus covers: 14 English, 6 Chinese.
+HELDOUT_FILE = MEDICAL_DIR / "probe_heldout.jsonl"
+
+
+def load_heldout_probes() -> list[dict]:
+    """The held-out phrasings, rows like load_topic_probes'."""
+    return [json.loads(line) for line in HELDOUT_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def extended_probes() -> list[dict]:
+    """Demo questions then held-out phrasings, each row tagged "set": "demo" | "heldout"."""
+    return ([dict(r, set="demo") for r in load_topic_probes()]
+            + [dict(r, set="heldout") for r in load_heldout_probes()])
 
 
 def is_on_topic(answer: str, topic: list[str]) -> bool:
@@ -27,7 +46,7 @@ def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | 
     from angelcli.tokenizer import build_messages, encode, render_chat
 
     model.eval()
-    probes = load_topic_probes() if probes is None else probes
+    probes = extended_probes() if probes is None else probes
     eos = tuple(tok.convert_tokens_to_ids(["<|endoftext|>", "<|role_end|>"]))
     prompts = [encode(tok, render_chat(tok, build_messages(p["prompt"]))) for p in probes]
     params = SamplingParams(max_new_tokens=max_new_tokens, stop_ids=eos)
@@ -45,4 +64,12 @@ def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | 
         answers.append({"prompt": p["prompt"], "lang": p.get("lang"), "on_topic": is_on_topic(text, p["topic"]),
                         "closed": done, "answer": text})
     hits = sum(a["on_topic"] for a in answers)
-    return {"on_topic": hits, "total": len(answers), "rate": hits / max(1, len(answers)), "answers": answers}
+    sets = {}
+    for p, a in zip(probes, answers):
+        a["set"] = p.get("set", "demo")
+        row = sets.setdefault(a["set"], {"on_topic": 0, "total": 0, "closed": 0})
+        row["on_topic"] += a["on_topic"]
+        row["total"] += 1
+        row["closed"] += a["closed"]
+    return {"on_topic": hits, "total": len(answers), "rate": hits / max(1, len(answers)), "sets": sets,
+            "answers": answers}
