@@ -18,7 +18,7 @@ The rule (until `angel tune` measures on the device; every file says so in "_pro
     / 64 weight rows whose GEMM1 grid (M blocks x I/(BLOCK_N/2) tiles) still gives 2 CTAs per SM
     (decode is memory-bound: enough loads in flight matters more than tile reuse), else 64.
   * dense FP8 GEMM: BLOCK_M 16 / 32 / 64 / 128 for M <= 16 / 32 / 512 / above; BLOCK_N = the widest
-    of 256 / 128 / 64 / 32 that still gives one CTA per SM, capped at 128 when BLOCK_M is 128 (a
+    of 256 / 128 / 64 / 32 / 16 that still gives one CTA per SM (else 16), capped at 128 when BLOCK_M is 128 (a
     128x256 tile spills registers on sm_90, checked by `angel kernels --check`).
   * num_warps 8 for MoE tiles of >= 32x256 and GEMM tiles of >= 64x256 or 128x128, else 4; num_stages as many as fit in 3/4 of the
     227 KB shared memory, 5 at most while memory-bound (BLOCK_M <= 32), 3 for the 64+ row tiles
@@ -159,8 +159,8 @@ def gemm_rule(m: int, n: int, k: int, sms: int) -> dict:
     bm = 16 if m <= 16 else 32 if m <= 32 else 64 if m <= 512 else 128
     blocks_m = _cdiv(max(m, 1), bm)
     widest = 128 if bm == 128 else 256
-    bn = 32
-    for cand in (256, 128, 64, 32):
+    bn = 16
+    for cand in (256, 128, 64, 32, 16):
         if cand <= widest and blocks_m * _cdiv(n, cand) >= sms:
             bn = cand
             break
