@@ -137,11 +137,13 @@ def check_case(name: str, run: Callable[[str], tuple[float, float]], gpu: bool) 
     return row
 
 
-def _config_rows(gpu: bool, interpret: bool = True) -> list[dict]:
-    """One row per distinct (op, quant, config) among the shipped files."""
+def _config_rows(gpu: bool, interpret: bool = True, device: str | None = None) -> list[dict]:
+    """One row per distinct (op, quant, config) among the shipped files (only `device`'s files if given)."""
     distinct: dict[tuple, dict] = {}
     for fname, table in shipped_configs():
         fields = parse_config_name(fname)
+        if device is not None and fields.get("device_name") != device:
+            continue
         quant = quant_of(fields)
         op = "fused_moe" if "E" in fields else "fp8_gemm"
         for m, cfg in sorted(table.items()):
