@@ -1,4 +1,6 @@
-"""`just device-check`, decode part (scripts/device_check.sh runs it). angel engine on a GPU: a full-width AntAngelMed-FP8 slice (BENCH_LAYERS layers, default 16) built in GPU memory
+"""`just device-check`, decode part (scripts/device_check.sh runs it).
+
+angel engine on a GPU: a full-width AntAngelMed-FP8 slice (BENCH_LAYERS layers, default 16) built in GPU memory
 with random block-FP8 weights (no checkpoint on disk). Sections, each saved to $OUT/decode_bench.json as it ends:
   graph_vs_eager   CUDA-graph decode vs eager decode logits (padded batch too): the graph path never ran before
   runs             generate_batch timing; 'cold' = first run at a new cache width (graph captured inside the timed

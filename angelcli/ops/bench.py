@@ -6,7 +6,8 @@ attention should be judged by bytes/s, prefill GEMMs by FLOP/s. Bytes count what
 once (the weights of every expert actually hit, the KV cache up to seq_len) plus the outputs written.
 
 Tuning sweeps candidate tiles per token count, keeps those whose shared memory fits, times each from
-CUDA-graph replays (triton.testing.do_bench_cudagraph) and writes the fastest per M as a config file (angelcli/ops/tuning.py format) into
+CUDA-graph replays (triton.testing.do_bench_cudagraph) and writes the fastest per M as a config file
+(angelcli/ops/tuning.py format) into
 $ANGEL_KERNEL_CONFIG_DIR or the directory given, never into the installed package.
 Nothing here runs without a GPU; none of it was run when this file was written (no GPU was available).
 """
