@@ -237,3 +237,13 @@ def test_meta_device_step_records_hits_for_a_named_device():
     with tuning.device_override("NVIDIA H20"), tuning.record_lookups() as looks:
         fp8_gemm(x, torch.empty(4000, 4096, dtype=f8, device=meta), torch.empty(32, 32, device=meta))
     assert not looks[0]["hit"] and looks[0]["reason"] == "missing"
+
+
+def test_shipped_configs_are_what_the_generator_writes(tmp_path):
+    from angelcli.ops import derive_configs
+
+    assert derive_configs.main(["--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert written == sorted(p.name for p in tuning.CONFIG_DIR.glob("*.json"))
+    for name in written:
+        assert (tmp_path / name).read_text() == (tuning.CONFIG_DIR / name).read_text(), name

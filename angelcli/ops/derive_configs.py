@@ -22,7 +22,8 @@ The rule (until `angel tune` measures on the device; every file says so in "_pro
     is 128 (a 128x256 tile spills registers on sm_90, checked by `angel kernels --check`).
   * num_warps 8 for MoE tiles of >= 32x256 and GEMM tiles of >= 64x256 or 128x128, else 4; num_stages
     as many as fit in 3/4 of the 227 KB shared memory, 5 at most while memory-bound (BLOCK_M <= 32), 3
-    for the 64+ row tiles (registers); GROUP_SIZE_M 1 while there are fewer M blocks than 8, else 8 (L2 reuse of weights).
+    for the 64+ row tiles (registers); GROUP_SIZE_M 1 while there are fewer M blocks than 8, else 8
+    (L2 reuse of weights).
   * BLOCK_K 128 for FP8 (one activation group per K step), 64 for bf16.
 """
 
