@@ -47,3 +47,11 @@ draft-tiny:
 # --url http://HOST:PORT for a running server, e.g. on a GPU); numbers in docs/serve.md
 bench-serve *ARGS:
     {{py}} -m angelcli.serve.bench {{ARGS}}
+
+# `angel kernels --check` under triton 3.6.0 in a separate venv (.venv-triton36); extra args go to the check
+kernels-check-triton36 *ARGS:
+    bash scripts/kernels_check_triton36.sh {{ARGS}}
+
+# The GPU check on one H200 in < 8 min (JSON + logs to $OUT); BENCH_TINY=1 runs its CPU smoke mode
+device-check:
+    bash scripts/device_check.sh
