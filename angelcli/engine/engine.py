@@ -82,7 +82,8 @@ class Engine:
             from angelcli.engine.triton_backend import PagedModel
 
             paged_ops = paged_ops or os.environ.get("ANGEL_PAGED_OPS", "triton")
-            self.net = PagedModel(model, cfg, ops=paged_ops, kv_tokens=kv_tokens, cuda_graphs=cuda_graphs)
+            self.net = PagedModel(model, cfg, ops=paged_ops, kv_tokens=kv_tokens, cuda_graphs=cuda_graphs,
+                                  max_seq_len=self.max_seq_len)
         else:
             raise UsageError(f"--backend must be torch or triton, not {backend!r}")
 

@@ -22,9 +22,16 @@ so the Engine, speculative decoding and tests treat both backends alike. Per lay
 ops="torch" runs the plain-torch twins (angelcli/ops/reference.py) through the same code: a fast CPU check
 of the paged bookkeeping, and the oracle the kernels are compared with.
 
-CUDA graphs: on CUDA, decode steps (T == 1) of up to `graph_max_batch` rows replay a graph captured per
-padded batch size. Inputs go through static buffers (tokens, seq_lens, block_table); positions and slots
-are computed inside the graph from them, so a replay needs no host work besides three small copies.
+CUDA graphs: on CUDA, decode steps (T == 1) of up to `graph_max_batch` rows replay ONE graph per padded
+batch size, whatever the cache width: the block table is a static [size, max_blocks] buffer as wide as the
+engine's max_seq_len (a narrower cache fills its left columns; columns past a row's seq_len are never read,
+attention and the KV write are bounded by seq_lens), and the logits land in one static [graph_max_batch, V]
+fp32 buffer shared by all sizes (the planner counts it). Positions and slots are computed inside the graph
+from the buffers, so a replay needs no host work besides three small copies.
+
+RoPE: the cos/sin table has one row per position the engine can reach (max(max_seq_len,
+max_position_embeddings); YaRN frequencies when configured), so the kernel never reads past it and agrees
+with the torch backend, which rotates any position.
 """
 
 from __future__ import annotations
@@ -37,10 +44,22 @@ from angelcli.engine.paged_cache import DEFAULT_BLOCK_SIZE, BlockPool, PagedKVCa
 from angelcli.model.bailing import ForwardOutput
 from angelcli.model.fp8 import Fp8Linear
 from angelcli.model.moe import RouterOutput, SparseMoe
+from angelcli.planner import GRAPH_MAX_BATCH
 
 OP_NAMES = ("rms_norm", "qk_norm_rope", "kv_cache_write", "attention_prefill", "attention_decode", "route",
             "fused_moe", "fp8_gemm")
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+
+
+class _EagerReplay:
+    """Stands in for torch.cuda.CUDAGraph where graphs cannot be captured (CPU tests): replay() re-runs the
+    captured function on the same static buffers, which is what a graph replay does."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def replay(self) -> None:
+        self.run()
 
 
 class _Ops:
@@ -59,9 +78,11 @@ class _Ops:
 
 class PagedModel:
     def __init__(self, model, cfg: ModelConfig, *, ops: str = "triton", block_size: int = DEFAULT_BLOCK_SIZE,
-                 kv_tokens: int | None = None, cuda_graphs: bool | None = None, graph_max_batch: int = 32):
-        from angelcli.ops.reference import rope_cache
-
+                 kv_tokens: int | None = None, cuda_graphs: bool | None = None,
+                 graph_max_batch: int = GRAPH_MAX_BATCH, max_seq_len: int | None = None):
+        """max_seq_len: the longest sequence this runner serves (sizes the RoPE table and the graphs' block
+        table; default max_position_embeddings). cuda_graphs: default on CUDA only; "replay" (tests) runs
+        the graph bookkeeping without CUDA (_EagerReplay)."""
         self.model, self.cfg = model, cfg
         self.ops = _Ops(ops)
         self.tp = model.tp
@@ -74,9 +95,8 @@ class PagedModel:
         self.block_size = block_size
         self.kv_tokens = kv_tokens
         self.pool: BlockPool | None = None
-        rot = model.rotary
-        self.cos_sin = rope_cache(cfg.max_position_embeddings, cfg.rotary_dim, cfg.rope_theta, self.dtype,
-                                  inv_freq=rot.inv_freq, attention_scaling=rot.scale, device=self.device)
+        self.max_seq_len = max(max_seq_len or 0, cfg.max_position_embeddings)
+        self.cos_sin = self._rope_table(self.max_seq_len)
         for layer in model.model.layers:
             ex = getattr(layer.mlp, "experts", None)
             if ops == "triton" and ex is not None and ex.w13_scale is not None and ex.w13_scale.dim() == 3 \
@@ -89,9 +109,19 @@ class PagedModel:
         self.hq, self.hkv, self.head_dim = a0.num_heads, a0.num_kv, a0.head_dim
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
         self.graph_max_batch = graph_max_batch
-        self._graphs: dict[tuple[int, int], tuple] = {}  # (padded batch, max_blocks) -> (graph, buffers)
+        self._graphs: dict[int, tuple] = {}  # padded batch -> (graph, buffers); never keyed by cache width
         self._graph_pool = None
         self._graph_generation = 0
+        self._graph_logits: torch.Tensor | None = None  # [graph_max_batch, V] fp32, shared by every graph
+        self.graph_captures = 0  # how many graphs were captured (tests, bench)
+
+    def _rope_table(self, positions: int) -> torch.Tensor:
+        """cos/sin [positions, rotary_dim] from the model's own frequencies (YaRN included)."""
+        from angelcli.ops.reference import rope_cache
+
+        rot = self.model.rotary
+        return rope_cache(positions, self.cfg.rotary_dim, self.cfg.rope_theta, self.dtype, inv_freq=rot.inv_freq,
+                          attention_scaling=rot.scale, device=self.device)
 
     # ---- cache ----
     def ensure_pool(self, tokens: int) -> BlockPool:
@@ -104,6 +134,10 @@ class PagedModel:
         return self.pool
 
     def new_cache(self, batch: int, max_len: int) -> PagedKVCache:
+        if max_len > self.max_seq_len:  # a longer run than planned: widen the RoPE table (graphs hold the old one)
+            self.max_seq_len = max_len
+            self.cos_sin = self._rope_table(max_len)
+            self._graphs.clear()
         return PagedKVCache(self.ensure_pool(batch * max_len), batch, max_len)
 
     # ---- forward ----
@@ -114,7 +148,7 @@ class PagedModel:
         n_new = T
         cache.reserve(T)
         if (T == 1 and self.cuda_graphs and not capture_layers and not return_router
-                and B <= self.graph_max_batch):
+                and B <= self.graph_max_batch and cache.max_blocks <= self.graph_width):
             logits = self._graph_decode(input_ids.reshape(-1), cache)
             cache.advance(1)
             return ForwardOutput(logits=logits[:, None])
@@ -190,13 +224,19 @@ class PagedModel:
             y = y + self._mlp(moe.shared_experts, x)
         return y
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+    def _logits(self, h: torch.Tensor, cast: bool = True) -> torch.Tensor:
+        """h [N, H] -> logits [N, V]: fp32, or in the activation dtype when cast=False (the caller copies)."""
         logits = F.linear(h, self.model.lm_head.weight)
         if self.model.vocab_split:
             logits = self.tp.all_gather_last(logits)
-        return logits.float()
+        return logits.float() if cast else logits
 
     # ---- CUDA graphs for decode ----
+    @property
+    def graph_width(self) -> int:
+        """Columns of the graphs' static block table: enough blocks for max_seq_len tokens."""
+        return -(-self.max_seq_len // self.block_size)
+
     def _graph_decode(self, tokens: torch.Tensor, cache: PagedKVCache) -> torch.Tensor:
         """One decode step through a captured graph: tokens [B] -> logits [B, V] fp32."""
         B = tokens.shape[0]
@@ -204,23 +244,28 @@ class PagedModel:
             self._graphs.clear()
             self._graph_generation = cache.pool.generation
         size = next(s for s in GRAPH_BATCHES + (self.graph_max_batch,) if s >= B)
-        if (size, cache.max_blocks) not in self._graphs:
-            self._graphs[(size, cache.max_blocks)] = self._capture(size, cache.max_blocks, cache.pool)
-        graph, bufs = self._graphs[(size, cache.max_blocks)]
-        ids, seq_lens, table, logits = bufs
+        if size not in self._graphs:
+            self._graphs[size] = self._capture(size, cache.pool)
+            self.graph_captures += 1
+        graph, (ids, seq_lens, table) = self._graphs[size]
         lens = torch.tensor(cache.row_lens, dtype=torch.int32).to(self.device, non_blocking=True)
+        width = cache.max_blocks
         ids[:B].copy_(tokens)
         seq_lens[:B].copy_(lens + 1)
-        table[:B].copy_(cache.block_table)
+        table[:B, :width].copy_(cache.block_table)  # columns past width: stale, never read (seq_lens bound)
         seq_lens[B:].fill_(0)  # padding rows: slot -1 (no write) and an empty context
         graph.replay()
-        return logits[:B].clone()
+        return self._graph_logits[:B].clone()
 
-    def _capture(self, size: int, max_blocks: int, pool: BlockPool):
-        dev, bs = self.device, self.block_size
+    def _capture(self, size: int, pool: BlockPool):
+        dev, bs, width = self.device, self.block_size, self.graph_width
         ids = torch.zeros(size, dtype=torch.long, device=dev)
         seq_lens = torch.zeros(size, dtype=torch.int32, device=dev)  # 0 = padding row: no KV write
-        table = torch.zeros(size, max_blocks, dtype=torch.int32, device=dev)
+        table = torch.zeros(size, width, dtype=torch.int32, device=dev)
+        if self._graph_logits is None:
+            self._graph_logits = torch.empty(self.graph_max_batch, self.cfg.vocab_size, dtype=torch.float32,
+                                             device=dev)
+        logits_out = self._graph_logits[:size]
 
         def step_from_buffers() -> StepInput:
             pos = (seq_lens.long() - 1).clamp(min=0)
@@ -228,11 +273,14 @@ class PagedModel:
             slot = torch.where(seq_lens > 0, slot, torch.full_like(slot, -1))
             return StepInput(positions=pos, slot_mapping=slot, seq_lens=seq_lens.clamp(min=1),
                              cu_seqlens_q=torch.arange(size + 1, dtype=torch.int32, device=dev),
-                             block_table=table, tokens_per_row=1, max_context=max_blocks * bs)
+                             block_table=table, tokens_per_row=1, max_context=width * bs)
 
         def run():
-            return self._logits(self.forward_tokens(ids, step_from_buffers(), pool))
+            h = self.forward_tokens(ids, step_from_buffers(), pool)
+            logits_out.copy_(self._logits(h, cast=False))  # the fp32 cast is this copy
 
+        if self.cuda_graphs == "replay" or dev.type != "cuda":
+            return _EagerReplay(run), (ids, seq_lens, table)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -243,5 +291,5 @@ class PagedModel:
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()  # one memory pool shared by all batch sizes
         with torch.cuda.graph(graph, pool=self._graph_pool):
-            logits = run()
-        return graph, (ids, seq_lens, table, logits)
+            run()
+        return graph, (ids, seq_lens, table)
