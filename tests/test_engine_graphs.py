@@ -39,7 +39,8 @@ def _chat(engine, turns: int = 4, new: int = 3):
 def test_four_chat_turns_capture_one_graph_and_replay_equals_eager(bf16_model):
     model, cfg = bf16_model
     eager = Engine(model, cfg, backend="triton", max_seq_len=64, cuda_graphs=False)  # kernels, interpreted
-    graphs = Engine(model, cfg, backend="triton", max_seq_len=64, cuda_graphs="replay", kv_tokens=256)  # as on CUDA: a fixed KV pool
+    graphs = Engine(model, cfg, backend="triton", max_seq_len=64, cuda_graphs="replay",
+                    kv_tokens=256)  # a fixed KV pool, as on CUDA (a growing pool moves and drops the graphs)
     want_t, want_lp = _chat(eager)
     got_t, got_lp = _chat(graphs)
     assert graphs.net.graph_captures == 1 and list(graphs.net._graphs) == [1]
@@ -95,3 +96,24 @@ def test_rope_kernel_at_positions_beyond_the_old_table(bf16_model):
     want = reference.qk_norm_rope(qkv, pos, w, w, table, hq, hkv, cfg.rms_norm_eps)
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+def test_engine_does_not_import_draft_code():
+    """engine -> eagle.attach -> eagle.speculative -> engine was a cycle: the engine package must not
+    import angelcli.eagle at all (not even lazily inside a method); the runtime attaches drafts."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import angelcli.engine as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("angelcli.eagle") for n in names), f"{path.name} imports {names}"
+    code = ("import sys, angelcli.engine, angelcli.engine.triton_backend, angelcli.engine.tp; "
+            "print(any(m.startswith('angelcli.eagle') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

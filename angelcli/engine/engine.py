@@ -75,7 +75,7 @@ class Engine:
         self.tp = getattr(model, "tp", None)
         self.last_stats = GenerationStats()
         self.batch_stats: list[GenerationStats] = []
-        self.speculator = None  # angelcli.eagle.speculative.SpeculativeEngine once a draft is attached
+        self.speculator = None  # set by angelcli.eagle.attach (a SpeculativeEngine); generate() delegates
         if backend == "torch":
             self.net = model
         elif backend == "triton":
@@ -131,18 +131,8 @@ class Engine:
         if bad:
             raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{self.cfg.vocab_size - 1})")
 
-    # ---- speculative decoding (angelcli/eagle) ----
-    def attach_draft(self, model_dir, required: bool = False, *, draft: str | None = None, k: int = 3,
-                     model_spec: str | None = None) -> str | None:
-        """Speculate with the EAGLE3 draft recorded for model_dir (or `draft`) from now on: generate() then
-        runs chain drafting + verification with identical greedy output, and last_stats gains
-        mean_acceptance_length. Returns the draft's directory, or None when there is none (an error when
-        required). Batches of several requests (generate_batch) keep decoding without the draft."""
-        from angelcli.eagle.attach import enable_draft
-
-        found = enable_draft(self, model_dir, use_draft=True if required else None, draft=draft, k=k,
-                             model_spec=model_spec)
-        return None if found is None else str(found)
+    # Speculative decoding: angelcli.eagle.attach.attach_draft(engine, ...) sets `speculator` (the engine
+    # never imports draft code: the draft package imports the engine, not the other way round).
 
     # ---- generation ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StepOutput]:
