@@ -32,6 +32,11 @@ def bench(
     backend: str = typer.Option("auto", "--backend", envvar="ANGEL_BACKEND", help="auto|torch|triton."),
     tp: int = typer.Option(1, "--tp", envvar="ANGEL_TP", help="Tensor-parallel GPUs."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    count_launches: bool = typer.Option(False, "--count-launches", help="Count the kernels one decode step and "
+                                        "one 4096-token prefill chunk launch (meta device: no weights, no GPU)."),
+    batch: int = typer.Option(1, "--batch", help="--count-launches: decode batch size."),
+    device_name: str = typer.Option("NVIDIA H20", "--device-name", envvar="ANGEL_DEVICE_NAME",
+                                    help="--count-launches: GPU whose launch configs are looked up."),
 ) -> None:
     """Measure prefill and decode throughput at batch 1/32 and context 1K/32K, BF16 and FP8, with the
     decode step as a fraction of the memory-bandwidth roofline. On CPU everything is scaled down.
@@ -39,9 +44,26 @@ def bench(
     Examples:
       angel bench
       angel bench antangelmed-fp8 --tp 2 --json
+      angel bench antangelmed-fp8 --count-launches --tp 2 --device-name "NVIDIA H200" --json
     """
-    from angelcli.bench import run_bench
     from angelcli.console import emit_json, log
+
+    if count_launches:
+        from angelcli.errors import UsageError
+        from angelcli.launch_count import count_launches as count
+
+        if model is None:
+            raise UsageError("--count-launches needs MODEL (e.g. antangelmed-fp8)")
+        rep = count(model, tp=tp, batch=batch, device_name=device_name)
+        if json_out:
+            emit_json(rep)
+        else:
+            typer.echo(f"{model} TP {tp} batch {batch} on {device_name}: {rep['kernels_per_step']} kernels per "
+                       f"decode step, {rep['kernels_per_moe_layer']} per MoE layer, "
+                       f"{rep['kernels_per_prefill_chunk']} per 4096-token prefill chunk; "
+                       f"{len(rep['config_misses'])} launch-config misses")
+        return
+    from angelcli.bench import run_bench
 
     if tokens is not None and tokens < 2:
         from angelcli.errors import UsageError
