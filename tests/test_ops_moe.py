@@ -148,3 +148,22 @@ def test_fused_moe_argument_checks():
     bad = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
     with pytest.raises(ValueError, match="BLOCK_SIZE_K must be 128"):
         fused_moe(**kw, config=bad)
+
+
+@pytest.mark.parametrize("quant", ["fp8_block", "fp8_channel"])
+def test_fused_moe_prequantized_input_is_identical(quant):
+    # quantise once per layer (quantize_act_fp8), pass (xq, scale): the same bytes as quantising inside
+    from angelcli.ops.fp8 import quantize_act_fp8
+
+    kw = cases.moe_inputs(9, 8, 2, 256, 128, quant, seed=3)
+    pair = quantize_act_fp8(kw["x"])
+    want = fused_moe(**kw)
+    assert torch.equal(fused_moe(**{**kw, "x": pair}), want)
+    assert torch.equal(fused_moe(**{**kw, "x": pair[0]}, x_scale=pair[1]), want)
+    twin = ref.fused_moe(**{**kw, "x": pair})
+    assert torch.equal(twin, ref.fused_moe(**kw))
+    assert cases.max_err(want, twin) <= cases.bf16_tol(twin, cases.RTOL["fp8"])
+    with pytest.raises(ValueError, match="needs x_scale"):
+        fused_moe(**{**kw, "x": pair[0]})
+    with pytest.raises(TypeError, match="bf16 experts"):
+        fused_moe(**{**cases.moe_inputs(3, 4, 2, 256, 128, "bf16"), "x": pair[0][:3]}, x_scale=pair[1][:3])

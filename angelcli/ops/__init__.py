@@ -29,7 +29,7 @@ __all__ = [
     "moe_align", "route", "fused_moe",
     "rms_norm", "qk_norm_rope", "rope_cache",
     "kv_cache_write", "attention_prefill", "attention_decode",
-    "quantize_fp8", "fp8_gemm",
+    "quantize_fp8", "quantize_act_fp8", "fp8_gemm",
 ]
 
 BACKENDS = ("auto", "torch", "triton")
@@ -45,6 +45,7 @@ KERNEL_MODULES = {
     "attention_prefill": "attention",
     "attention_decode": "decode_attention",
     "quantize_fp8": "fp8",
+    "quantize_act_fp8": "fp8",
     "fp8_gemm": "fp8",
 }
 
@@ -99,6 +100,8 @@ def _dispatching(name: str):
     @functools.wraps(twin)  # same name, docstring and signature as the twin
     def op(*args, **kwargs):
         first = args[0] if args else next(iter(kwargs.values()))
+        if isinstance(first, (tuple, list)):  # a pre-quantised activation (xq, scale)
+            first = first[0]
         impl = kernel_impl(name) if backend_for(first) == "triton" else twin
         return impl(*args, **kwargs)
 
@@ -114,4 +117,5 @@ kv_cache_write = _dispatching("kv_cache_write")
 attention_prefill = _dispatching("attention_prefill")
 attention_decode = _dispatching("attention_decode")
 quantize_fp8 = _dispatching("quantize_fp8")
+quantize_act_fp8 = _dispatching("quantize_act_fp8")
 fp8_gemm = _dispatching("fp8_gemm")

@@ -41,6 +41,18 @@ def quantize_fp8(x: torch.Tensor, group_size: int = FP8_GROUP) -> tuple[torch.Te
     return xq.view(m, g * group_size)[:, :k].contiguous(), scale
 
 
+def quantize_act_fp8(x: torch.Tensor, group: int = FP8_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-layer activation quantisation (same as quantize_fp8; `group` named as in the kernel API)."""
+    return quantize_fp8(x, group)
+
+
+def _prequantized(x, x_scale):
+    """x, or (xq, scale) / fp8 x with x_scale -> (x or xq, scale or None), as the kernel wrappers take it."""
+    if isinstance(x, (tuple, list)):
+        return x[0], x[1]
+    return x, x_scale
+
+
 def dequantize_fp8_act(xq: torch.Tensor, scale: torch.Tensor, group_size: int = FP8_GROUP) -> torch.Tensor:
     """xq [M, K] fp8, scale [M, G] -> fp32 [M, K]."""
     k = xq.shape[-1]
@@ -75,11 +87,13 @@ def dequantize_fp8_weight(w: torch.Tensor, scale: torch.Tensor, block: int = FP8
     return w.float() * s[..., None]
 
 
-def fp8_gemm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor | None = None,
+def fp8_gemm(x, w: torch.Tensor, w_scale: torch.Tensor, x_scale: torch.Tensor | None = None,
              out_dtype: torch.dtype = torch.bfloat16, config: dict | None = None) -> torch.Tensor:
-    """y = x @ W^T with an FP8 weight. x [..., K] bf16 (quantised per token per 128 channels on the fly)
-    or fp8 with x_scale [..., ceil(K/128)]; w [N, K] fp8; w_scale block [ceil(N/128), ceil(K/128)] or
-    per-channel [N] / [N, 1] fp32. Returns [..., N] in out_dtype. `config` (kernel launch) is ignored."""
+    """y = x @ W^T with an FP8 weight. x [..., K] bf16 (quantised per token per 128 channels first)
+    or fp8 with x_scale [..., ceil(K/128)], or the pair (xq, x_scale); w [N, K] fp8; w_scale block
+    [ceil(N/128), ceil(K/128)] or per-channel [N] / [N, 1] fp32. Returns [..., N] in out_dtype. `config`
+    (kernel launch) is ignored."""
+    x, x_scale = _prequantized(x, x_scale)
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     if x2.dtype == torch.float8_e4m3fn:
@@ -91,10 +105,12 @@ def fp8_gemm(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, x_scale: t
     return y.to(out_dtype).reshape(*lead, w.shape[0])
 
 
-def _linear_fp32(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    """a [n, K] bf16 @ w [N, K]^T accumulated in fp32; FP8 weights quantise `a` like the kernels do."""
+def _linear_fp32(a: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None,
+                 a_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """a [n, K] bf16 (or fp8 with a_scale) @ w [N, K]^T accumulated in fp32; FP8 weights quantise a bf16
+    `a` like the kernels do."""
     if w.dtype == torch.float8_e4m3fn:
-        xq, xs = quantize_fp8(a)
+        xq, xs = (a, a_scale) if a_scale is not None else quantize_fp8(a)
         return dequantize_fp8_act(xq, xs) @ dequantize_fp8_weight(w, scale).T
     return a.float() @ w.float().T
 
@@ -165,31 +181,37 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
     return sorted_ids, expert_ids, total
 
 
-def fused_moe(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+def fused_moe(x, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor, *, w13_scale: torch.Tensor | None = None,
-              w2_scale: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+              w2_scale: torch.Tensor | None = None, config: dict | None = None,
+              x_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Routed experts of one MoE layer: x [T, H] bf16 -> [T, H] bf16.
 
+    x may also come pre-quantised for FP8 experts: fp8 x with x_scale [T, H/128], or the pair (xq, x_scale)
+    (quantize_act_fp8); the result is identical to passing the bf16 x it was quantised from.
     w13 [E, 2I, H] (gate rows then up rows), w2 [E, H, I]; bf16, or fp8 e4m3 with block scales
     (w13_scale [E, ceil(2I/128), ceil(H/128)], w2_scale [E, ceil(H/128), ceil(I/128)]) or per-channel
     scales ([E, 2I], [E, H]). Per (token, slot): h = bf16(silu(bf16 gate) * bf16 up), y = bf16(h @ w2^T);
     then out = bf16(sum_k fp32(y_k) * w_k) summed in slot order. `config` is accepted for signature
     parity with the kernel and ignored.
     """
+    x, x_scale = _prequantized(x, x_scale)
     t, hdim = x.shape
     inter = w13.shape[1] // 2
     k = topk_ids.shape[1]
-    ys = torch.zeros(t, k, hdim, dtype=x.dtype, device=x.device)
+    dt = torch.bfloat16
+    ys = torch.zeros(t, k, hdim, dtype=dt, device=x.device)
     for ex in torch.unique(topk_ids).tolist():
         rows, slots = torch.nonzero(topk_ids == ex, as_tuple=True)
-        gu = _linear_fp32(x[rows], w13[ex], None if w13_scale is None else w13_scale[ex])
-        g, u = gu[:, :inter].to(x.dtype), gu[:, inter:].to(x.dtype)
-        h = (F.silu(g.float()).to(x.dtype).float() * u.float()).to(x.dtype)
-        ys[rows, slots] = _linear_fp32(h, w2[ex], None if w2_scale is None else w2_scale[ex]).to(x.dtype)
+        gu = _linear_fp32(x[rows], w13[ex], None if w13_scale is None else w13_scale[ex],
+                          None if x_scale is None else x_scale[rows].float())
+        g, u = gu[:, :inter].to(dt), gu[:, inter:].to(dt)
+        h = (F.silu(g.float()).to(dt).float() * u.float()).to(dt)
+        ys[rows, slots] = _linear_fp32(h, w2[ex], None if w2_scale is None else w2_scale[ex]).to(dt)
     acc = torch.zeros(t, hdim, dtype=torch.float32, device=x.device)
     for j in range(k):  # fixed slot order: the kernel sums the same way
         acc = acc + ys[:, j].float() * topk_weights[:, j: j + 1].float()
-    return acc.to(x.dtype)
+    return acc.to(dt)
 
 
 # ---------------------------------------------------------------------------------------- norms, RoPE
