@@ -46,8 +46,8 @@ from angelcli.model.fp8 import Fp8Linear
 from angelcli.model.moe import RouterOutput, SparseMoe
 from angelcli.planner import GRAPH_MAX_BATCH
 
-OP_NAMES = ("rms_norm", "qk_norm_rope", "kv_cache_write", "attention_prefill", "attention_decode", "route",
-            "fused_moe", "fp8_gemm")
+OP_NAMES = ("rms_norm", "rms_norm_fp8", "qk_norm_rope", "kv_cache_write", "attention_prefill", "attention_decode", "route_gemm",
+            "fused_moe", "fp8_gemm", "quantize_act_fp8")
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
 
@@ -105,6 +105,15 @@ class PagedModel:
 
                 raise UsageError(f"--backend triton: block-FP8 experts need an expert width that is a multiple of "
                                  f"128 per GPU (moe_intermediate_size / tp = {ex.inter}); use --backend torch")
+        # per layer: does (input norm, post-attention norm) feed FP8 GEMMs that take its quantised output?
+        # quantise activations once per consumer group (kernels: bf16 in); float32 runs of the twins (exactness
+        # tests) keep their dtype end to end and let each FP8 op quantise its own input
+        self._prequant = self.dtype in (torch.bfloat16, torch.float16)
+        fp8_ok = self._prequant and cfg.hidden_size % 128 == 0  # the fused norm quantises whole 128-groups
+        self._fp8_in = [(fp8_ok and isinstance(layer.attention.query_key_value, Fp8Linear),
+                         fp8_ok and (getattr(getattr(layer.mlp, "experts", None), "w13_scale", None) is not None
+                                     or isinstance(getattr(layer.mlp, "gate_proj", None), Fp8Linear)))
+                        for layer in model.model.layers]
         a0 = model.model.layers[0].attention
         self.hq, self.hkv, self.head_dim = a0.num_heads, a0.num_kv, a0.head_dim
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
@@ -170,18 +179,16 @@ class PagedModel:
         h = m.word_embeddings(ids)  # [N, H]
         residual = None
         for i, layer in enumerate(m.layers):
-            if residual is None:
-                x, residual = ops.rms_norm(h, layer.input_layernorm.weight, cfg.rms_norm_eps), h
-            else:
-                x, residual = ops.rms_norm(h, layer.input_layernorm.weight, cfg.rms_norm_eps, residual=residual)
-            a = self._attention(layer.attention, x, step, pool.k[i], pool.v[i])
+            x, r, xq = self._norm(h, layer.input_layernorm.weight, residual, self._fp8_in[i][0])
+            residual = h if residual is None else r
+            a = self._attention(layer.attention, x, step, pool.k[i], pool.v[i], xq)
             if self.tp is not None:
                 a = self.tp.all_reduce(a)
-            x, residual = ops.rms_norm(a, layer.post_attention_layernorm.weight, cfg.rms_norm_eps, residual=residual)
+            x, residual, xq = self._norm(a, layer.post_attention_layernorm.weight, residual, self._fp8_in[i][1])
             if isinstance(layer.mlp, SparseMoe):
-                h = self._moe(layer.mlp, x, out.router if (out is not None and return_router) else None)
+                h = self._moe(layer.mlp, x, out.router if (out is not None and return_router) else None, xq)
             else:
-                h = self._mlp(layer.mlp, x)
+                h = self._mlp(layer.mlp, x, xq)
             if self.tp is not None:
                 h = self.tp.all_reduce(h)
             if out is not None and i in capture_layers:
@@ -189,14 +196,25 @@ class PagedModel:
         x, _ = ops.rms_norm(h, m.norm.weight, cfg.rms_norm_eps, residual=residual)
         return x
 
-    def _linear(self, x: torch.Tensor, mod) -> torch.Tensor:
+    def _norm(self, x, weight, residual, quant: bool):
+        """(y, new residual or None, (yq, scale) or None): RMSNorm with the residual add fused, and the FP8
+        quantisation its FP8 readers need done in the same pass."""
+        eps = self.cfg.rms_norm_eps
+        if quant:
+            return self.ops.rms_norm_fp8(x, weight, eps, residual)
+        if residual is None:
+            return self.ops.rms_norm(x, weight, eps), None, None
+        return (*self.ops.rms_norm(x, weight, eps, residual=residual), None)
+
+    def _linear(self, x: torch.Tensor, mod, xq=None) -> torch.Tensor:
+        """x [N, K] -> [N, N_out]; FP8 weights take xq = (fp8 x, scales) when the caller has it."""
         if isinstance(mod, Fp8Linear):
-            return self.ops.fp8_gemm(x, mod.weight, mod.weight_scale, out_dtype=x.dtype)
+            return self.ops.fp8_gemm(x if xq is None else xq, mod.weight, mod.weight_scale, out_dtype=x.dtype)
         return F.linear(x, mod.weight)
 
-    def _attention(self, attn, x, step: StepInput, k_cache, v_cache) -> torch.Tensor:
+    def _attention(self, attn, x, step: StepInput, k_cache, v_cache, xq=None) -> torch.Tensor:
         N, ops, d = x.shape[0], self.ops, self.head_dim
-        qkv = self._linear(x, attn.query_key_value)  # [N, (Hq + 2 Hkv) D]
+        qkv = self._linear(x, attn.query_key_value, xq)  # [N, (Hq + 2 Hkv) D]
         q, k = ops.qk_norm_rope(qkv, step.positions, attn.query_layernorm.weight, attn.key_layernorm.weight,
                                 self.cos_sin, self.hq, self.hkv, self.cfg.rms_norm_eps)  # [N, Hq, D], [N, Hkv, D]
         v = qkv[:, (self.hq + self.hkv) * d:].view(N, self.hkv, d)
@@ -207,21 +225,28 @@ class PagedModel:
             o = ops.attention_prefill(q, k_cache, v_cache, step.block_table, step.cu_seqlens_q, step.seq_lens)
         return self._linear(o.reshape(N, self.hq * d), attn.dense)  # partial sum under TP
 
-    def _mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
-        return self._linear(F.silu(self._linear(x, mlp.gate_proj)) * self._linear(x, mlp.up_proj), mlp.down_proj)
+    def _mlp(self, mlp, x: torch.Tensor, xq=None) -> torch.Tensor:
+        if xq is None and isinstance(mlp.gate_proj, Fp8Linear) and self._prequant:
+            xq = self.ops.quantize_act_fp8(x)  # gate and up read the same quantised x
+        h = F.silu(self._linear(x, mlp.gate_proj, xq)) * self._linear(x, mlp.up_proj, xq)
+        return self._linear(h, mlp.down_proj)
 
-    def _moe(self, moe: SparseMoe, x: torch.Tensor, router: list | None) -> torch.Tensor:
+    def _moe(self, moe: SparseMoe, x: torch.Tensor, router: list | None, xq=None) -> torch.Tensor:
+        """x [N, H] (xq: its (fp8, scale) pair when the norm already quantised it) -> [N, H] partial sum."""
         cfg = self.cfg
-        logits = F.linear(x.float(), moe.gate.weight.float())  # [N, E] fp32, as the reference router
         bias = moe.gate.expert_bias if cfg.moe_router_enable_expert_bias else None
-        w, ids = self.ops.route(logits, bias, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
-                                cfg.routed_scaling_factor)
+        # one launch: fp32 logits [N, E] (router weight upcast in registers, never copied) + grouped top-k
+        w, ids, logits = self.ops.route_gemm(x, moe.gate.weight, bias, cfg.num_experts_per_tok, cfg.n_group,
+                                             cfg.topk_group, cfg.routed_scaling_factor)
         if router is not None:
             router.append(RouterOutput(moe.layer_idx, logits, ids.long(), w))
         ex = moe.experts
-        y = self.ops.fused_moe(x, ex.w13, ex.w2, w, ids, w13_scale=ex.w13_scale, w2_scale=ex.w2_scale)
+        if ex.w13_scale is not None and xq is None and self._prequant:
+            xq = self.ops.quantize_act_fp8(x)  # one quantisation feeds every FP8 GEMM of the layer
+        y = self.ops.fused_moe(x if xq is None else xq, ex.w13, ex.w2, w, ids, w13_scale=ex.w13_scale,
+                               w2_scale=ex.w2_scale)
         if moe.shared_experts is not None:
-            y = y + self._mlp(moe.shared_experts, x)
+            y = y + self._mlp(moe.shared_experts, x, xq)
         return y
 
     def _logits(self, h: torch.Tensor, cast: bool = True) -> torch.Tensor:

@@ -26,8 +26,8 @@ from angelcli.ops.reference import rope_cache
 
 __all__ = [
     "use", "backend", "backend_for",
-    "moe_align", "route", "fused_moe",
-    "rms_norm", "qk_norm_rope", "rope_cache",
+    "moe_align", "route", "route_gemm", "fused_moe",
+    "rms_norm", "rms_norm_fp8", "qk_norm_rope", "rope_cache",
     "kv_cache_write", "attention_prefill", "attention_decode",
     "quantize_fp8", "quantize_act_fp8", "fp8_gemm",
 ]
@@ -38,8 +38,10 @@ BACKENDS = ("auto", "torch", "triton")
 KERNEL_MODULES = {
     "moe_align": "align",
     "route": "router",
+    "route_gemm": "router_gemm",
     "fused_moe": "moe",
     "rms_norm": "rmsnorm",
+    "rms_norm_fp8": "rmsnorm",
     "qk_norm_rope": "rope",
     "kv_cache_write": "attention",
     "attention_prefill": "attention",
@@ -110,8 +112,10 @@ def _dispatching(name: str):
 
 moe_align = _dispatching("moe_align")
 route = _dispatching("route")
+route_gemm = _dispatching("route_gemm")
 fused_moe = _dispatching("fused_moe")
 rms_norm = _dispatching("rms_norm")
+rms_norm_fp8 = _dispatching("rms_norm_fp8")
 qk_norm_rope = _dispatching("qk_norm_rope")
 kv_cache_write = _dispatching("kv_cache_write")
 attention_prefill = _dispatching("attention_prefill")

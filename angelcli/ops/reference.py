@@ -199,7 +199,7 @@ def fused_moe(x, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor
     t, hdim = x.shape
     inter = w13.shape[1] // 2
     k = topk_ids.shape[1]
-    dt = torch.bfloat16
+    dt = torch.bfloat16 if x.dtype == torch.float8_e4m3fn else x.dtype  # float32 runs stay float32 (exactness)
     ys = torch.zeros(t, k, hdim, dtype=dt, device=x.device)
     for ex in torch.unique(topk_ids).tolist():
         rows, slots = torch.nonzero(topk_ids == ex, as_tuple=True)
@@ -331,3 +331,24 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     position seq_lens[b] - 1. `num_splits` only matters to the kernel (split-K)."""
     cu = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
     return attention_prefill(q, k_cache, v_cache, block_table, cu, seq_lens, scale)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Twins of the engine's fused kernels (angelcli/engine/triton_backend.py calls these through ops)
+# ------------------------------------------------------------------------------------------------------
+
+
+def route_gemm(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int,
+               n_group: int = 1, topk_group: int = 1, routed_scaling_factor: float = 1.0):
+    """The router in one op: x [T, H], weight [E, H] -> (weights [T, K] fp32, ids [T, K] int32, logits [T, E]
+    fp32) with logits = fp32(x) @ fp32(weight)^T (angelcli/ops/router_gemm.py)."""
+    logits = F.linear(x.float(), weight.float())
+    w, ids = route(logits, expert_bias, top_k, n_group, topk_group, routed_scaling_factor)
+    return w, ids, logits
+
+
+def rms_norm_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """rms_norm plus the FP8 quantisation of its output: -> (y, s or None, (yq, scale)) (ops/rmsnorm.py)."""
+    out = rms_norm(x, weight, eps, residual)
+    y, res = (out, None) if residual is None else out
+    return y, res, quantize_fp8(y)
