@@ -61,3 +61,60 @@ def test_rms_norm_fp8_matches_twin_bit_for_bit(n, h, residual):
 def test_rms_norm_fp8_refuses_partial_groups():
     with pytest.raises(ValueError, match="multiple of 128"):
         rms_norm_fp8(_rand(2, 100), torch.ones(100, dtype=torch.bfloat16), 1e-6)
+
+
+@pytest.mark.parametrize("n,inter", [(1, 256), (3, 1024), (17, 192)])
+@pytest.mark.parametrize("quant", [False, True])
+def test_silu_mul_matches_twin(n, inter, quant):
+    from angelcli.ops.activation import silu_mul
+
+    gu = _rand(n, 2 * inter, seed=9, scale=2.0)
+    h, hq = silu_mul(gu, quant)
+    h_ref, hq_ref = ref.silu_mul(gu, quant)
+    # silu's exp may differ in the last fp32 bit from torch's, which can move a bf16 rounding by one ulp
+    assert (h.float() - h_ref.float()).abs().max() <= 2 ** -7 * h_ref.float().abs().max()
+    if quant:  # the quantisation of the kernel's own h is exact
+        q, s = hq
+        q_ref, s_ref = ref.quantize_fp8(h)
+        assert torch.equal(q.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(s, s_ref)
+    else:
+        assert hq is None and hq_ref is None
+
+
+@pytest.mark.parametrize("dims", [(4, 2, 16, 8), (8, 1, 128, 64)])  # (Hq, Hkv, D, rotary_dim)
+def test_qk_norm_rope_cache_matches_twin(dims):
+    """QK-norm + RoPE + paged KV write in one launch: same q and the same cache contents as the twin
+    (qk_norm_rope then kv_cache_write); padding tokens (slot -1) write nothing."""
+    from angelcli.ops.rope import qk_norm_rope_cache
+
+    hq, hkv, d, rot = dims
+    t, nb, bs = 5, 4, 4
+    qkv = _rand(t, (hq + 2 * hkv) * d, seed=10)
+    pos = torch.tensor([0, 3, 7, 12, 2])
+    slots = torch.tensor([1, 6, -1, 13, 8])
+    table = ref.rope_cache(16, rot, 600000.0, torch.bfloat16)
+    qw, kw = _rand(d, seed=11) * 0.1 + 1, _rand(d, seed=12) * 0.1 + 1
+    caches = [(torch.zeros(nb, bs, hkv, d, dtype=torch.bfloat16), torch.zeros(nb, bs, hkv, d, dtype=torch.bfloat16))
+              for _ in range(2)]
+    got = qk_norm_rope_cache(qkv, pos, qw, kw, table, hq, hkv, 1e-6, *caches[0], slots)
+    want = ref.qk_norm_rope_cache(qkv, pos, qw, kw, table, hq, hkv, 1e-6, *caches[1], slots)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(caches[0][0], caches[1][0]) and torch.equal(caches[0][1], caches[1][1])
+    assert caches[0][0].view(-1, hkv, d)[slots[slots >= 0]].abs().sum() > 0
+
+
+def test_attention_decode_fp8_quantises_each_head():
+    """Decode attention whose merge also writes the FP8 input of the output projection (D = 128)."""
+    from angelcli.ops.decode_attention import attention_decode, attention_decode_fp8
+
+    b, hq, hkv, d, bs, nb = 2, 4, 2, 128, 16, 6
+    q = _rand(b, hq, d, seed=13)
+    kc, vc = _rand(nb, bs, hkv, d, seed=14), _rand(nb, bs, hkv, d, seed=15)
+    table = torch.tensor([[0, 2, 4], [1, 3, 5]], dtype=torch.int32)
+    lens = torch.tensor([40, 7], dtype=torch.int32)
+    out, (oq, scale) = attention_decode_fp8(q, kc, vc, table, lens, num_splits=3)
+    assert torch.equal(out, attention_decode(q, kc, vc, table, lens, num_splits=3))
+    q_ref, s_ref = ref.quantize_fp8(out.reshape(b, -1))
+    assert torch.equal(oq.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(scale, s_ref)
+    want, (wq, ws) = ref.attention_decode_fp8(q, kc, vc, table, lens)
+    assert (out.float() - want.float()).abs().max() < 2e-2

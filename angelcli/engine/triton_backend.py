@@ -46,7 +46,8 @@ from angelcli.model.fp8 import Fp8Linear
 from angelcli.model.moe import RouterOutput, SparseMoe
 from angelcli.planner import GRAPH_MAX_BATCH
 
-OP_NAMES = ("rms_norm", "rms_norm_fp8", "qk_norm_rope", "kv_cache_write", "attention_prefill", "attention_decode", "route_gemm",
+OP_NAMES = ("rms_norm", "rms_norm_fp8", "silu_mul", "qk_norm_rope_cache", "attention_prefill", "attention_decode",
+            "attention_decode_fp8", "route_gemm",
             "fused_moe", "fp8_gemm", "quantize_act_fp8")
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
 
@@ -114,6 +115,11 @@ class PagedModel:
                          fp8_ok and (getattr(getattr(layer.mlp, "experts", None), "w13_scale", None) is not None
                                      or isinstance(getattr(layer.mlp, "gate_proj", None), Fp8Linear)))
                         for layer in model.model.layers]
+        self._gate_up = {}  # id(MLP) -> (weight [2I, H], scale | None): gate and up as one GEMM
+        for layer in model.model.layers:
+            for mlp in (layer.mlp, getattr(layer.mlp, "shared_experts", None)):
+                if mlp is not None and hasattr(mlp, "gate_proj"):
+                    self._fuse_gate_up(mlp)
         a0 = model.model.layers[0].attention
         self.hq, self.hkv, self.head_dim = a0.num_heads, a0.num_kv, a0.head_dim
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
@@ -215,21 +221,57 @@ class PagedModel:
     def _attention(self, attn, x, step: StepInput, k_cache, v_cache, xq=None) -> torch.Tensor:
         N, ops, d = x.shape[0], self.ops, self.head_dim
         qkv = self._linear(x, attn.query_key_value, xq)  # [N, (Hq + 2 Hkv) D]
-        q, k = ops.qk_norm_rope(qkv, step.positions, attn.query_layernorm.weight, attn.key_layernorm.weight,
-                                self.cos_sin, self.hq, self.hkv, self.cfg.rms_norm_eps)  # [N, Hq, D], [N, Hkv, D]
-        v = qkv[:, (self.hq + self.hkv) * d:].view(N, self.hkv, d)
-        ops.kv_cache_write(k, v, k_cache, v_cache, step.slot_mapping)
-        if step.is_decode:
+        # q [N, Hq, D]; the rotated k and v go straight into the paged cache in the same launch
+        q, _ = ops.qk_norm_rope_cache(qkv, step.positions, attn.query_layernorm.weight, attn.key_layernorm.weight,
+                                      self.cos_sin, self.hq, self.hkv, self.cfg.rms_norm_eps, k_cache, v_cache,
+                                      step.slot_mapping)
+        oq = None
+        if step.is_decode and d == 128 and self._prequant and isinstance(attn.dense, Fp8Linear):
+            # the merge pass also quantises o for the FP8 output projection (one head = one 128-group)
+            o, oq = ops.attention_decode_fp8(q, k_cache, v_cache, step.block_table, step.seq_lens)
+        elif step.is_decode:
             o = ops.attention_decode(q, k_cache, v_cache, step.block_table, step.seq_lens)  # [B, Hq, D]
         else:
             o = ops.attention_prefill(q, k_cache, v_cache, step.block_table, step.cu_seqlens_q, step.seq_lens)
-        return self._linear(o.reshape(N, self.hq * d), attn.dense)  # partial sum under TP
+        return self._linear(o.reshape(N, self.hq * d), attn.dense, oq)  # partial sum under TP
+
+    def _fuse_gate_up(self, mlp) -> None:
+        """Concatenate gate and up (weights and scales) into one [2I, H] operand, once, and make the module's
+        own parameters views of it (no extra memory; the torch backend sees the same values)."""
+        g, u = mlp.gate_proj, mlp.up_proj
+        fp8 = isinstance(g, Fp8Linear)
+        if fp8 != isinstance(u, Fp8Linear) or g.weight.shape != u.weight.shape:
+            return
+        inter = g.weight.shape[0]
+        if fp8 and (g.weight_scale.shape != u.weight_scale.shape or (g.weight_scale.dim() == 2 and inter % 128)):
+            return  # a 128-row scale block would straddle gate and up
+        with torch.no_grad():
+            w = torch.cat([g.weight, u.weight])
+            g.weight.data, u.weight.data = w[:inter], w[inter:]
+            scale = None
+            if fp8:
+                scale = torch.cat([g.weight_scale, u.weight_scale])
+                rows = g.weight_scale.shape[0]
+                g.weight_scale.data, u.weight_scale.data = scale[:rows], scale[rows:]
+        self._gate_up[id(mlp)] = (w, scale)
 
     def _mlp(self, mlp, x: torch.Tensor, xq=None) -> torch.Tensor:
-        if xq is None and isinstance(mlp.gate_proj, Fp8Linear) and self._prequant:
+        """down(silu(gate x) * up x): x [N, H] (xq: its FP8 pair) -> [N, H]; gate|up as one GEMM, then one
+        kernel for silu * up and the down projection's FP8 quantisation."""
+        fp8 = isinstance(mlp.gate_proj, Fp8Linear)
+        if xq is None and fp8 and self._prequant:
             xq = self.ops.quantize_act_fp8(x)  # gate and up read the same quantised x
-        h = F.silu(self._linear(x, mlp.gate_proj, xq)) * self._linear(x, mlp.up_proj, xq)
-        return self._linear(h, mlp.down_proj)
+        fused = self._gate_up.get(id(mlp))
+        if fused is None:
+            h = F.silu(self._linear(x, mlp.gate_proj, xq)) * self._linear(x, mlp.up_proj, xq)
+            return self._linear(h, mlp.down_proj)
+        w, scale = fused
+        if fp8:
+            gu = self.ops.fp8_gemm(x if xq is None else xq, w, scale, out_dtype=x.dtype)  # [N, 2I]
+        else:
+            gu = F.linear(x, w)
+        h, hq = self.ops.silu_mul(gu, quant=isinstance(mlp.down_proj, Fp8Linear) and self._prequant)
+        return self._linear(h, mlp.down_proj, hq)
 
     def _moe(self, moe: SparseMoe, x: torch.Tensor, router: list | None, xq=None) -> torch.Tensor:
         """x [N, H] (xq: its (fp8, scale) pair when the norm already quantised it) -> [N, H] partial sum."""
