@@ -31,7 +31,7 @@ import torch
 
 from angelcli.config import ModelConfig
 from angelcli.engine.kv_cache import KVCache
-from angelcli.engine.sampling import SamplingParams, make_generator, sample, step_logprobs
+from angelcli.engine.sampling import SamplingParams, sample_batch, step_logprobs
 from angelcli.errors import UsageError
 
 
@@ -197,7 +197,8 @@ class Engine:
         start = time.perf_counter()
         B = len(rows)
         cache = self.new_cache(B, max(len(prompts[r]) + budgets[r] for r in rows))
-        gens = [make_generator(plist[r].seed, self.device) for r in rows]
+        # counter-based sampling noise: a fixed seed per row (drawn here when the request set none)
+        seeds = [plist[r].seed if plist[r].seed is not None else int(torch.randint(2**31, ()).item()) for r in rows]
         exchanged = True  # tensor parallel: this step's go/stop flag has been exchanged
         try:
             logits = torch.cat([self.prefill(prompts[r], cache.row(i)) for i, r in enumerate(rows)])  # [B, V]
@@ -205,7 +206,7 @@ class Engine:
             first_at = [None] * B
             n = 0
             while True:
-                tokens = self._sample(logits, [plist[rows[i]] for i in live], [gens[i] for i in live])  # [b]
+                tokens = self._sample(logits, [plist[rows[i]] for i in live], [seeds[i] for i in live], n)  # [b]
                 k = max(plist[rows[i]].logprobs for i in live)
                 lp, top_v, top_i = step_logprobs(logits, tokens, k)
                 ids = tokens.tolist()  # the one host sync of the step
@@ -244,15 +245,12 @@ class Engine:
         finally:
             cache.reset()
 
-    def _sample(self, logits: torch.Tensor, params: list[SamplingParams], gens) -> torch.Tensor:
-        """logits [b, V] -> ids [b]; one batched call when the rows share their settings."""
-        p0 = params[0]
+    def _sample(self, logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], step: int
+                ) -> torch.Tensor:
+        """logits [b, V] -> ids [b]: one batched call for every mix of settings (engine/sampling.py)."""
         if all(p.greedy for p in params):
             return logits.argmax(dim=-1)
-        same = all((p.temperature, p.top_k, p.top_p) == (p0.temperature, p0.top_k, p0.top_p) for p in params)
-        if same and len(params) == 1:
-            return sample(logits, p0, gens[0])
-        return torch.cat([sample(logits[j : j + 1], p, g) for j, (p, g) in enumerate(zip(params, gens))])
+        return sample_batch(logits, params, seeds, step)
 
     # ---- tensor parallelism (engine/tp.py) ----
     def _tp_send(self, method: str, *args):
