@@ -43,8 +43,8 @@ def test_four_chat_turns_capture_one_graph_and_replay_equals_eager(bf16_model):
                     kv_tokens=256)  # a fixed KV pool, as on CUDA (a growing pool moves and drops the graphs)
     want_t, want_lp = _chat(eager)
     got_t, got_lp = _chat(graphs)
-    assert graphs.net.graph_captures == 1 and list(graphs.net._graphs) == [1]
-    assert eager.net.graph_captures == 0
+    assert graphs.net.graphs.captures == 1 and list(graphs.net.graphs.graphs) == [(1, 1, ())]
+    assert eager.net.graphs is None
     assert got_t == want_t
     assert max(abs(a - b) for x, y in zip(got_lp, want_lp) for a, b in zip(x, y)) < 1e-3
 
@@ -63,9 +63,29 @@ def test_graph_batches_pad_and_share_one_logits_buffer(bf16_model):
         for i, step in e.generate_batch(prompts, params):
             out.setdefault(i, []).append(step.token_id)
     assert got == want
-    assert set(eng.net._graphs) <= {1, 2, 4} and 4 in eng.net._graphs
-    assert eng.net._graph_logits.shape == (eng.net.graph_max_batch, cfg.vocab_size)
+    sizes = {size for size, T, _ in eng.net.graphs.graphs}
+    assert sizes <= {1, 2, 4} and 4 in sizes
+    assert eng.net.graphs.logits.shape == (eng.net.graph_max_batch, cfg.vocab_size)
     assert eng.net.pool.free_tokens == eng.net.pool.capacity_tokens
+
+
+def test_eagle_verify_step_runs_in_a_graph(tmp_path):
+    """Speculative decoding on the graph path: the verify step (k + 1 tokens, captured layers) replays its own
+    graph and the greedy output equals plain decoding."""
+    from angelcli.eagle.speculative import SpeculativeEngine
+    from tests.test_eagle_speculative import random_draft
+
+    ck = write_tiny_checkpoint(tmp_path / "ck", seed=2, tokenizer=False, **{**SHAPE, "num_hidden_layers": 3})
+    model, cfg, _ = load_model(ck, dtype=torch.float32)
+    plain = Engine(model, cfg, backend="triton", paged_ops="torch", max_seq_len=64, cuda_graphs=False)
+    want = [s.token_id for s in plain.generate([5, 6, 7, 8], SamplingParams(max_new_tokens=12))]
+    paged = Engine(model, cfg, backend="triton", paged_ops="torch", max_seq_len=64, cuda_graphs="replay",
+                   kv_tokens=256)
+    spec = SpeculativeEngine(paged, random_draft(model, cfg), k=3)
+    got = [s.token_id for s in spec.generate([5, 6, 7, 8], SamplingParams(max_new_tokens=12))]
+    assert got == want
+    verify = [key for key in paged.net.graphs.graphs if key[1] == 4]
+    assert len(verify) == 1 and verify[0][2]  # one verify graph (T = k + 1), with captured layers
 
 
 def test_rope_beyond_max_position_embeddings_matches_torch_backend(tmp_path):

@@ -22,12 +22,8 @@ so the Engine, speculative decoding and tests treat both backends alike. Per lay
 ops="torch" runs the plain-torch twins (angelcli/ops/reference.py) through the same code: a fast CPU check
 of the paged bookkeeping, and the oracle the kernels are compared with.
 
-CUDA graphs: on CUDA, decode steps (T == 1) of up to `graph_max_batch` rows replay ONE graph per padded
-batch size, whatever the cache width: the block table is a static [size, max_blocks] buffer as wide as the
-engine's max_seq_len (a narrower cache fills its left columns; columns past a row's seq_len are never read,
-attention and the KV write are bounded by seq_lens), and the logits land in one static [graph_max_batch, V]
-fp32 buffer shared by all sizes (the planner counts it). Positions and slots are computed inside the graph
-from the buffers, so a replay needs no host work besides three small copies.
+CUDA graphs (engine/graphs.py): decode steps of up to `graph_max_batch` rows and EAGLE3 verify steps
+replay one graph per (padded batch size, tokens per row, captured layers), whatever the cache width.
 
 RoPE: the cos/sin table has one row per position the engine can reach (max(max_seq_len,
 max_position_embeddings); YaRN frequencies when configured), so the kernel never reads past it and agrees
@@ -40,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from angelcli.config import ModelConfig
+from angelcli.engine.graphs import StepGraphs
 from angelcli.engine.paged_cache import DEFAULT_BLOCK_SIZE, BlockPool, PagedKVCache, StepInput
 from angelcli.model.bailing import ForwardOutput
 from angelcli.model.fp8 import Fp8Linear
@@ -49,19 +46,6 @@ from angelcli.planner import GRAPH_MAX_BATCH
 OP_NAMES = ("rms_norm", "rms_norm_fp8", "silu_mul", "qk_norm_rope_cache", "attention_prefill", "attention_decode",
             "attention_decode_fp8", "route_gemm",
             "fused_moe", "fp8_gemm", "quantize_act_fp8")
-GRAPH_BATCHES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
-
-
-class _EagerReplay:
-    """Stands in for torch.cuda.CUDAGraph where graphs cannot be captured (CPU tests): replay() re-runs the
-    captured function on the same static buffers, which is what a graph replay does."""
-
-    def __init__(self, run):
-        self.run = run
-
-    def replay(self) -> None:
-        self.run()
-
 
 class _Ops:
     """The op set a PagedModel calls: Triton wrappers or their torch twins, same signatures."""
@@ -124,11 +108,8 @@ class PagedModel:
         self.hq, self.hkv, self.head_dim = a0.num_heads, a0.num_kv, a0.head_dim
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else cuda_graphs
         self.graph_max_batch = graph_max_batch
-        self._graphs: dict[int, tuple] = {}  # padded batch -> (graph, buffers); never keyed by cache width
-        self._graph_pool = None
-        self._graph_generation = 0
-        self._graph_logits: torch.Tensor | None = None  # [graph_max_batch, V] fp32, shared by every graph
-        self.graph_captures = 0  # how many graphs were captured (tests, bench)
+        # decode / verify graphs (engine/graphs.py): one per padded batch size, whatever the cache width
+        self.graphs = StepGraphs(self, graph_max_batch, self.cuda_graphs) if self.cuda_graphs else None
 
     def _rope_table(self, positions: int) -> torch.Tensor:
         """cos/sin [positions, rotary_dim] from the model's own frequencies (YaRN included)."""
@@ -152,7 +133,8 @@ class PagedModel:
         if max_len > self.max_seq_len:  # a longer run than planned: widen the RoPE table (graphs hold the old one)
             self.max_seq_len = max_len
             self.cos_sin = self._rope_table(max_len)
-            self._graphs.clear()
+            if self.graphs is not None:
+                self.graphs.clear()
         return PagedKVCache(self.ensure_pool(batch * max_len), batch, max_len)
 
     # ---- forward ----
@@ -162,11 +144,10 @@ class PagedModel:
         B, T = input_ids.shape
         n_new = T
         cache.reserve(T)
-        if (T == 1 and self.cuda_graphs and not capture_layers and not return_router
-                and B <= self.graph_max_batch and cache.max_blocks <= self.graph_width):
-            logits = self._graph_decode(input_ids.reshape(-1), cache)
-            cache.advance(1)
-            return ForwardOutput(logits=logits[:, None])
+        if self.graphs is not None and self.graphs.usable(B, T, cache, capture_layers, return_router, last_only):
+            out = self.graphs.run(input_ids, cache, tuple(capture_layers), last_only)
+            cache.advance(T)
+            return out
         step = cache.step_input(T)
         out = ForwardOutput(logits=None)  # type: ignore[arg-type]
         h = self.forward_tokens(input_ids.reshape(-1), step, cache.pool, capture_layers, out, return_router)
@@ -297,66 +278,3 @@ class PagedModel:
         if self.model.vocab_split:
             logits = self.tp.all_gather_last(logits)
         return logits.float() if cast else logits
-
-    # ---- CUDA graphs for decode ----
-    @property
-    def graph_width(self) -> int:
-        """Columns of the graphs' static block table: enough blocks for max_seq_len tokens."""
-        return -(-self.max_seq_len // self.block_size)
-
-    def _graph_decode(self, tokens: torch.Tensor, cache: PagedKVCache) -> torch.Tensor:
-        """One decode step through a captured graph: tokens [B] -> logits [B, V] fp32."""
-        B = tokens.shape[0]
-        if self._graph_generation != cache.pool.generation:  # the pool grew: graphs hold old addresses
-            self._graphs.clear()
-            self._graph_generation = cache.pool.generation
-        size = next(s for s in GRAPH_BATCHES + (self.graph_max_batch,) if s >= B)
-        if size not in self._graphs:
-            self._graphs[size] = self._capture(size, cache.pool)
-            self.graph_captures += 1
-        graph, (ids, seq_lens, table) = self._graphs[size]
-        lens = torch.tensor(cache.row_lens, dtype=torch.int32).to(self.device, non_blocking=True)
-        width = cache.max_blocks
-        ids[:B].copy_(tokens)
-        seq_lens[:B].copy_(lens + 1)
-        table[:B, :width].copy_(cache.block_table)  # columns past width: stale, never read (seq_lens bound)
-        seq_lens[B:].fill_(0)  # padding rows: slot -1 (no write) and an empty context
-        graph.replay()
-        return self._graph_logits[:B].clone()
-
-    def _capture(self, size: int, pool: BlockPool):
-        dev, bs, width = self.device, self.block_size, self.graph_width
-        ids = torch.zeros(size, dtype=torch.long, device=dev)
-        seq_lens = torch.zeros(size, dtype=torch.int32, device=dev)  # 0 = padding row: no KV write
-        table = torch.zeros(size, width, dtype=torch.int32, device=dev)
-        if self._graph_logits is None:
-            self._graph_logits = torch.empty(self.graph_max_batch, self.cfg.vocab_size, dtype=torch.float32,
-                                             device=dev)
-        logits_out = self._graph_logits[:size]
-
-        def step_from_buffers() -> StepInput:
-            pos = (seq_lens.long() - 1).clamp(min=0)
-            slot = table[torch.arange(size, device=dev), pos // bs].long() * bs + pos % bs
-            slot = torch.where(seq_lens > 0, slot, torch.full_like(slot, -1))
-            return StepInput(positions=pos, slot_mapping=slot, seq_lens=seq_lens.clamp(min=1),
-                             cu_seqlens_q=torch.arange(size + 1, dtype=torch.int32, device=dev),
-                             block_table=table, tokens_per_row=1, max_context=width * bs)
-
-        def run():
-            h = self.forward_tokens(ids, step_from_buffers(), pool)
-            logits_out.copy_(self._logits(h, cast=False))  # the fp32 cast is this copy
-
-        if self.cuda_graphs == "replay" or dev.type != "cuda":
-            return _EagerReplay(run), (ids, seq_lens, table)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up: triton compiles, cuBLAS picks algorithms, outside the capture
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()  # one memory pool shared by all batch sizes
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            run()
-        return graph, (ids, seq_lens, table)
