@@ -40,3 +40,11 @@ draft-tiny:
         --layouts sglang --no-keep-checkpoint --threads 2 --out angelcli/assets/angel-tiny-eagle3 --json
     rm -f angelcli/assets/angel-tiny-eagle3/regenerated.jsonl  # the resume cache does not ship
     {{py}} -m angelcli draft-eval angel-tiny --k 3 --prompts 64 --max-new-tokens 128 --threads 1 --json
+
+# `angel kernels --check` under triton 3.6.0 in a separate venv (.venv-triton36); extra args go to the check
+kernels-check-triton36 *ARGS:
+    bash scripts/kernels_check_triton36.sh {{ARGS}}
+
+# The GPU check on one H200 in < 8 min (JSON + logs to $OUT); BENCH_TINY=1 runs its CPU smoke mode
+device-check:
+    bash scripts/device_check.sh

@@ -36,6 +36,7 @@ def test_check_json_report(capsys):
     for r in rows.values():
         assert r["interpreter_max_err"] <= r["tolerance"]
         assert r["aot_sm90"] is True and r["shared_bytes"] <= 227 * 1024 and r["fp8_wgmma"] is None
+        assert r["spill_bytes"] == 0 and 0 < r["registers"] <= 255
     assert "checking moe_align" in err
 
 
@@ -53,27 +54,53 @@ def test_check_reports_compile_and_shared_memory_failures(monkeypatch):
         raise RuntimeError("ptxas exploded")
 
     monkeypatch.setattr(check, "aot_compile", boom)
+    monkeypatch.setattr(check, "_compiled", {})
     row = check.check_case("quantize_fp8", cases.CHECK_CASES["quantize_fp8"], gpu=False)
     assert not row["ok"] and row["aot_sm90"] is False and "ptxas exploded" in row["failures"][0]
 
     class Huge:
-        shared_bytes, mma = 300 * 1024, "wgmma.bf16"
+        shared_bytes, mma, registers, spill_bytes = 300 * 1024, "wgmma.bf16", 40, 0
 
     monkeypatch.setattr(check, "aot_compile", lambda rec, *a, **k: Huge())
+    monkeypatch.setattr(check, "_compiled", {})
     row = check.check_case("quantize_fp8", cases.CHECK_CASES["quantize_fp8"], gpu=False)
     assert not row["ok"] and "shared memory" in row["failures"][0]
 
 
 def test_fp8_gemm_without_wgmma_at_64_rows_fails(monkeypatch):
     class NoWgmma:
-        shared_bytes, mma = 1024, "mma.sync.f16"
+        shared_bytes, mma, registers, spill_bytes = 1024, "mma.sync.f16", 100, 0
 
     monkeypatch.setattr(check, "aot_compile", lambda rec, *a, **k: NoWgmma())
+    monkeypatch.setattr(check, "_compiled", {})
     recs = check.real_shape_launches("fp8_gemm[block]")
     row = {"failures": []}
     check._compile_all(recs, row)
     assert row["fp8_wgmma"] is False
     assert any("not wgmma e4m3" in f for f in row["failures"])
+
+
+def test_register_spills_fail_the_check(monkeypatch):
+    class Spills:
+        shared_bytes, mma, registers, spill_bytes = 1024, "wgmma.e4m3", 255, 124
+
+    monkeypatch.setattr(check, "aot_compile", lambda rec, *a, **k: Spills())
+    monkeypatch.setattr(check, "_compiled", {})
+    row = {"failures": []}
+    check._compile_all(check.real_shape_launches("fp8_gemm[block]"), row)
+    assert row["spill_bytes"] > 0 and row["registers"] == 255
+    assert any("spills 124 B" in f for f in row["failures"])
+
+
+def test_ptxas_usage_parser():
+    from angelcli.ops.aot import parse_ptxas_usage
+
+    log = ("ptxas info    : Compiling entry function '_moe_gemm_kernel' for 'sm_90a'\n"
+           "ptxas info    : Function properties for _moe_gemm_kernel\n"
+           "    56 bytes stack frame, 56 bytes spill stores, 72 bytes spill loads\n"
+           "ptxas info    : Used 255 registers, used 1 barriers, 56 bytes cumulative stack size\n")
+    assert parse_ptxas_usage(log) == {"registers": 255, "spill_bytes": 128}
+    assert parse_ptxas_usage("nothing here") is None
 
 
 def test_command_module_imports_no_torch():

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from angelcli.ops import cases
 from angelcli.ops import reference as ref
-from angelcli.ops.fp8 import fp8_gemm, quantize_fp8
+from angelcli.ops.fp8 import _round_to_e4m3, fp8_gemm, quantize_fp8
 
 
 @pytest.mark.parametrize("m,k", [(1, 64), (33, 300), (511, 128), (3, 1000), (2, 129)])
@@ -78,3 +80,24 @@ def test_fp8_gemm_checks():
     bad = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=64, GROUP_SIZE_M=1, num_warps=4, num_stages=2)
     with pytest.raises(ValueError, match="BLOCK_SIZE_K"):
         fp8_gemm(x, w, ws, config=bad)
+
+
+@triton.jit
+def _round_probe(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(y_ptr + offs, _round_to_e4m3(tl.load(x_ptr + offs, mask=offs < n)), mask=offs < n)
+
+
+def test_round_to_e4m3_is_correct_rne_before_the_cast():
+    # The kernel rounds to the e4m3 grid in fp32 itself (a plain cast double-rounded on the H200 baseline).
+    # Every e4m3 value, every midpoint between neighbours (ties -> even) and random values must land where
+    # torch's correctly rounded cast puts them, before any fp32 -> fp8 conversion happens.
+    from angelcli.ops._runtime import launch
+
+    grid = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    grid = grid[grid.isfinite() & (grid.abs() <= 448)].unique()
+    mids = (grid[1:] + grid[:-1]) / 2
+    x = torch.cat([grid, mids, torch.randn(2000) * 40, torch.rand(500) * 2 ** -6]).clamp(-448, 448)
+    y = torch.empty_like(x)
+    launch(_round_probe, (1,), "cpu", args=dict(x_ptr=x, y_ptr=y, n=x.numel()), constexprs=dict(BLOCK=4096))
+    assert torch.equal(y, x.to(torch.float8_e4m3fn).float())

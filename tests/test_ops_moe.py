@@ -167,3 +167,42 @@ def test_fused_moe_prequantized_input_is_identical(quant):
         fused_moe(**{**kw, "x": pair[0]})
     with pytest.raises(TypeError, match="bf16 experts"):
         fused_moe(**{**cases.moe_inputs(3, 4, 2, 256, 128, "bf16"), "x": pair[0][:3]}, x_scale=pair[1][:3])
+
+
+@pytest.mark.parametrize("quant,si", [("bf16", 128), ("bf16", 320), ("fp8_block", 256), ("fp8_block", 384),
+                                      ("fp8_channel", 200)])
+def test_shared_expert_as_extra_experts(quant, si):
+    # routed I = 128; the shared width Is is equal, a multiple, or not a multiple (zero-padded last slice)
+    from angelcli.ops.shared_expert import append_shared_expert, shared_expert_routing
+
+    t, e, k, h, i = 9, 8, 2, 256, 128
+    kw = cases.moe_inputs(t, e, k, h, i, quant, seed=5)
+    gate = cases.randn(si, h, seed=11, scale=h ** -0.5)
+    up = cases.randn(si, h, seed=12, scale=h ** -0.5)
+    down = cases.randn(h, si, seed=13, scale=si ** -0.5)
+    if quant == "bf16":
+        sw = dict(gate=gate, up=up, down=down)
+        sk = {}
+    else:
+        fn = cases.quantize_weight_block if quant == "fp8_block" else cases.quantize_weight_channel
+        (gq, gs), (uq, us), (dq, ds) = fn(gate), fn(up), fn(down)
+        sw = dict(gate=gq, up=uq, down=dq)
+        sk = dict(gate_scale=gs, up_scale=us, down_scale=ds)
+    w13c, w2c, s13, s2, n = append_shared_expert(kw["w13"], kw["w2"], **sw, w13_scale=kw.get("w13_scale"),
+                                                 w2_scale=kw.get("w2_scale"), **sk)
+    assert n == -(-si // i) and w13c.shape == (e + n, 2 * i, h) and w2c.shape == (e + n, h, i)
+    w, ids = shared_expert_routing(kw["topk_weights"], kw["topk_ids"], e, n)
+    assert ids.shape == (t, k + n) and torch.equal(ids[:, k:], torch.arange(e, e + n).expand(t, n).to(ids.dtype))
+    combined = dict(x=kw["x"], w13=w13c, w2=w2c, topk_weights=w, topk_ids=ids, w13_scale=s13, w2_scale=s2)
+    got = fused_moe(**combined)  # the kernel (interpreter) on the combined experts
+    twin = ref.fused_moe(**combined)
+    assert cases.max_err(got, twin) <= cases.bf16_tol(twin, cases.RTOL["fp8" if quant != "bf16" else "bf16"])
+    # the unfused model: routed experts, plus the shared MLP run as one expert of weight 1, added in bf16
+    routed = ref.fused_moe(**kw)
+    one = dict(topk_weights=torch.ones(t, 1), topk_ids=torch.zeros(t, 1, dtype=torch.int32))
+    s13_full = None if quant == "bf16" else torch.cat([sk["gate_scale"], sk["up_scale"]])[None]
+    s2_full = None if quant == "bf16" else sk["down_scale"][None]
+    shared = ref.fused_moe(kw["x"], torch.cat([sw["gate"], sw["up"]])[None], sw["down"][None], **one,
+                           w13_scale=s13_full, w2_scale=s2_full)
+    want = routed + shared
+    assert cases.max_err(twin, want) <= cases.bf16_tol(want, 3e-2)

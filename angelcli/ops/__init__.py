@@ -23,6 +23,7 @@ import os
 
 from angelcli.ops import reference
 from angelcli.ops.reference import rope_cache
+from angelcli.ops.shared_expert import append_shared_expert, shared_expert_routing
 
 __all__ = [
     "use", "backend", "backend_for",
@@ -30,6 +31,7 @@ __all__ = [
     "rms_norm", "rms_norm_fp8", "silu_mul", "qk_norm_rope", "qk_norm_rope_cache", "rope_cache",
     "kv_cache_write", "attention_prefill", "attention_decode", "attention_decode_fp8",
     "quantize_fp8", "quantize_act_fp8", "fp8_gemm",
+    "append_shared_expert", "shared_expert_routing",
 ]
 
 BACKENDS = ("auto", "torch", "triton")

@@ -138,4 +138,22 @@ def install() -> None:
     builder.create_dot = create_dot
     builder.binary_op = binary_op
     builder.unary_op = unary_op
+    _patch_scalar_index(interp)
     _installed = True
+
+
+def _patch_scalar_index(interp) -> None:
+    """Triton 3.6's interpreter turns a scalar tensor into a Python int with `int(data)`, but its scalars
+    are 1-element 1-D numpy arrays, which numpy 2.x refuses to convert ("only 0-dimensional arrays can be
+    converted to Python scalars": every `range(0, tl.cdiv(...))` loop failed on the H200 machine). Later
+    triton versions use .item(); re-set `__index__` the same way after triton's own patch."""
+    orig = getattr(interp, "_patch_lang_tensor", None)
+    if orig is None or getattr(orig, "_angel_index", False):
+        return
+
+    def patched(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._angel_index = True
+    interp._patch_lang_tensor = patched

@@ -22,12 +22,14 @@ A GEMM row with pair id p reads token p // K and writes output row p; sentinel r
 Capacity P = roundup(T*K + min(E, T*K) * (block_m - 1), block_m): at most min(E, T*K) experts are hit and
 each wastes at most block_m - 1 slots. Within an expert, pairs keep ascending p (deterministic output).
 
-The kernel runs as a single program: (1) count pairs per expert with a one-hot [CHUNK, E] sum, (2) a
-cumsum over the padded counts gives each expert's start, (3) each chunk's pairs are placed at
-start[e] + (pairs of e already placed) + (rank among equal experts earlier in the chunk, a one-hot
-cumsum), and (4) padding slots and per-block expert ids are computed from the slot position alone, so no
-two stores ever hit the same address and no barrier is needed. One program is plenty for decode (T*K <=
-a few thousand); at 16K-token prefill it costs ~1k chunk iterations, which docs/kernels.md notes.
+The kernel runs as one program per expert (grid (E,)), so prefill-sized inputs are spread over the SMs
+instead of one program walking every pair: each program (1) builds the histogram of all pairs
+(tl.histogram over chunks; the ids are a few KB and stay in L2, so recomputing it per program is cheaper
+than a second launch and a grid-wide barrier), (2) derives its own run [start, start + padded) from the
+padded counts of the experts before it, (3) scans the pairs in order and writes those routed to its
+expert at start + rank (ascending p, deterministic), then (4) fills its run's padding with the sentinel
+and its blocks' expert ids. Program 0 also writes num_post_padded and the unused tail. No two programs
+write the same address, so no atomics and no barrier are needed.
 """
 
 from __future__ import annotations
@@ -46,47 +48,49 @@ def _moe_align_kernel(
     # sizes
     num_pairs, num_experts, capacity,
     # meta-parameters
-    BLOCK_M: tl.constexpr, E_P2: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BINS: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    experts = tl.arange(0, E_P2)
-    # ---- (1) histogram of pairs per expert --------------------------------------------------------
-    counts = tl.zeros([E_P2], dtype=tl.int32)
+    """Program e places expert e's pairs; BINS >= num_experts + 1 (the last bins collect masked lanes)."""
+    e = tl.program_id(0)
+    bins = tl.arange(0, BINS)
+    # ---- (1) histogram of pairs per expert (ids outside [0, E) land in bin BINS - 1 and are dropped) ------
+    counts = tl.zeros([BINS], dtype=tl.int32)
     for start in range(0, num_pairs, CHUNK):
         offs = start + tl.arange(0, CHUNK)
         ids = tl.load(topk_ids_ptr + offs, mask=offs < num_pairs, other=-1).to(tl.int32)
-        hit = (ids[:, None] == experts[None, :]) & (offs < num_pairs)[:, None]  # [CHUNK, E_P2]
-        counts += tl.sum(hit.to(tl.int32), axis=0)
-    counts = tl.where(experts < num_experts, counts, 0)
-    # ---- (2) padded runs: expert e owns slots [starts[e], ends[e]) ----------------------------------
+        ids = tl.where((ids >= 0) & (ids < num_experts), ids, BINS - 1)
+        counts += tl.histogram(ids, BINS)
+    counts = tl.where(bins < num_experts, counts, 0)
+    # ---- (2) this expert's padded run [run_start, run_start + run_len) ------------------------------------
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    ends = tl.cumsum(padded, axis=0)
-    starts = ends - padded
-    total = tl.sum(padded, axis=0)
-    tl.store(total_ptr, total)
-    # ---- (3) scatter pair ids ------------------------------------------------------------------------
-    placed = tl.zeros([E_P2], dtype=tl.int32)
-    for start in range(0, num_pairs, CHUNK):
-        offs = start + tl.arange(0, CHUNK)
-        valid = offs < num_pairs
-        ids = tl.load(topk_ids_ptr + offs, mask=valid, other=-1).to(tl.int32)
-        hit = ((ids[:, None] == experts[None, :]) & valid[:, None]).to(tl.int32)  # [CHUNK, E_P2]
-        rank = tl.cumsum(hit, axis=0) - hit  # same-expert pairs earlier in this chunk
-        dest = tl.sum(hit * (rank + (starts + placed)[None, :]), axis=1)  # [CHUNK]
-        ok = valid & (tl.sum(hit, axis=1) > 0)  # ids outside [0, E) are dropped
-        tl.store(sorted_ids_ptr + dest, offs, mask=ok)
-        placed += tl.sum(hit, axis=0)
-    # ---- (4) sentinel in the padding, expert id per block ---------------------------------------------
-    for start in range(0, capacity, CHUNK):
-        slot = start + tl.arange(0, CHUNK)
-        owner = tl.sum((ends[None, :] <= slot[:, None]).to(tl.int32), axis=1)  # expert whose run holds slot
-        sel = (owner[:, None] == experts[None, :]).to(tl.int32)
-        run_start = tl.sum(sel * starts[None, :], axis=1)
-        run_count = tl.sum(sel * counts[None, :], axis=1)
-        is_pad = (slot - run_start >= run_count) | (slot >= total)
-        tl.store(sorted_ids_ptr + slot, tl.zeros_like(slot) + num_pairs, mask=(slot < capacity) & is_pad)
-        first_of_block = (slot % BLOCK_M) == 0
-        block_expert = tl.where(slot < total, owner, -1)
-        tl.store(expert_ids_ptr + slot // BLOCK_M, block_expert, mask=(slot < capacity) & first_of_block)
+    run_start = tl.sum(tl.where(bins < e, padded, 0), axis=0)
+    run_len = tl.sum(tl.where(bins == e, padded, 0), axis=0)
+    count = tl.sum(tl.where(bins == e, counts, 0), axis=0)
+    if e == 0:
+        total = tl.sum(padded, axis=0)
+        tl.store(total_ptr, total)
+        # unused tail: sentinel ids, expert -1 (blocks past num_post_padded are never read by the GEMMs)
+        for start in range(total, capacity, CHUNK):
+            slot = start + tl.arange(0, CHUNK)
+            tl.store(sorted_ids_ptr + slot, tl.zeros_like(slot) + num_pairs, mask=slot < capacity)
+            tl.store(expert_ids_ptr + slot // BLOCK_M, tl.zeros_like(slot) - 1,
+                     mask=(slot < capacity) & (slot % BLOCK_M == 0))
+    if count > 0:
+        # ---- (3) scatter this expert's pair ids in ascending order ----------------------------------------
+        placed = 0
+        for start in range(0, num_pairs, CHUNK):
+            offs = start + tl.arange(0, CHUNK)
+            ids = tl.load(topk_ids_ptr + offs, mask=offs < num_pairs, other=-1).to(tl.int32)
+            hit = ((ids == e) & (offs < num_pairs)).to(tl.int32)
+            rank = tl.cumsum(hit, axis=0) - hit  # same-expert pairs earlier in this chunk
+            tl.store(sorted_ids_ptr + run_start + placed + rank, offs, mask=hit > 0)
+            placed += tl.sum(hit, axis=0)
+        # ---- (4) sentinel in the padding, expert id per block ----------------------------------------------
+        pad = run_start + count + tl.arange(0, BLOCK_M)
+        tl.store(sorted_ids_ptr + pad, tl.zeros_like(pad) + num_pairs, mask=pad < run_start + run_len)
+        for first in range(run_start // BLOCK_M, (run_start + run_len) // BLOCK_M, CHUNK):
+            blk = first + tl.arange(0, CHUNK)
+            tl.store(expert_ids_ptr + blk, tl.zeros_like(blk) + e, mask=blk < (run_start + run_len) // BLOCK_M)
 
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
@@ -109,11 +113,10 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int
     total = torch.zeros(1, dtype=torch.int32, device=dev)
     if n == 0:
         return sorted_ids, expert_ids, total
-    e_p2 = next_pow2(num_experts)
-    chunk = 32 if n <= 256 else 128
-    launch(_moe_align_kernel, (1,), dev,
+    bins = next_pow2(num_experts + 1)  # one spare bin for dropped / masked lanes
+    chunk = min(1024, max(16, next_pow2(n)))
+    launch(_moe_align_kernel, (num_experts,), dev,
            args=dict(topk_ids_ptr=topk_ids.contiguous(), sorted_ids_ptr=sorted_ids, expert_ids_ptr=expert_ids,
                      total_ptr=total, num_pairs=n, num_experts=num_experts, capacity=cap),
-           constexprs=dict(BLOCK_M=block_m, E_P2=e_p2, CHUNK=chunk),
-           num_warps=4 if chunk * e_p2 <= 8192 else 8, num_stages=1)
+           constexprs=dict(BLOCK_M=block_m, BINS=bins, CHUNK=chunk), num_warps=4, num_stages=1)
     return sorted_ids, expert_ids, total

@@ -5,8 +5,8 @@ H20 (4.0 TB/s, 148 BF16 / 296 FP8 TFLOPS) most serving shapes are memory-bound: 
 attention should be judged by bytes/s, prefill GEMMs by FLOP/s. Bytes count what must be read at least
 once (the weights of every expert actually hit, the KV cache up to seq_len) plus the outputs written.
 
-Tuning sweeps candidate tiles per token count, keeps those whose shared memory fits, times each with
-triton.testing.do_bench and writes the fastest per M as a config file (angelcli/ops/tuning.py format) into
+Tuning sweeps candidate tiles per token count, keeps those whose shared memory fits, times each from
+CUDA-graph replays (triton.testing.do_bench_cudagraph) and writes the fastest per M as a config file (angelcli/ops/tuning.py format) into
 $ANGEL_KERNEL_CONFIG_DIR or the directory given, never into the installed package.
 Nothing here runs without a GPU; none of it was run when this file was written (no GPU was available).
 """
@@ -37,9 +37,16 @@ GEMM_M = (1, 16, 128, 1024, 4096)
 
 
 def _time_ms(fn) -> float:
+    """GPU time of one call, from CUDA-graph replays (as vLLM's benchmark_moe does): plain do_bench would
+    add the host launch cost, which dominates at decode sizes and is not what a graphed step pays."""
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100))
+    fn()  # compile and autotune outside the capture
+    torch.cuda.synchronize()
+    try:
+        return float(triton.testing.do_bench_cudagraph(fn, rep=100))
+    except Exception:  # noqa: BLE001 - an op that cannot be captured is timed eagerly
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100))
 
 
 def _row(name, ms, nbytes, flops, fp8, peaks):
@@ -72,8 +79,7 @@ def bench_kernels(quick: bool = False) -> dict:
                              quant != "bf16", peaks))
     for (n, kk), m in itertools.product(GEMM_SHAPES[:1] if quick else GEMM_SHAPES, GEMM_M):
         x = cases.randn(m, kk, seed=0, device="cuda")
-        w, ws = cases.quantize_weight_block(cases.randn(n, kk, seed=1, scale=kk ** -0.5))
-        w, ws = w.cuda(), ws.cuda()
+        w, ws = cases.quantize_weight_block(cases.randn(n, kk, seed=1, scale=kk ** -0.5, device="cuda"))
         ms = _time_ms(lambda: fp8_gemm(x, w, ws))
         rows.append(_row(f"fp8_gemm N={n} K={kk} M={m}", ms, n * kk + 2 * m * (n + kk), 2 * m * n * kk, True,
                          peaks))
@@ -131,7 +137,9 @@ def tune(kind: str, quant: str, out_dir: Path, ms: tuple[int, ...] = MOE_M, n: i
     from angelcli.ops.tuning import device_name, gemm_config_name, moe_config_name
 
     dev = device_name()
-    table = {"_provenance": f"angel tune on {dev}, {datetime.date.today().isoformat()}, "
+    from angelcli.ops.tuning import FORMAT
+
+    table = {"_format": FORMAT, "_provenance": f"measured by angel tune on {dev}, {datetime.date.today().isoformat()}, "
                             f"triton {__import__('triton').__version__}"}
     for m in ms:
         if kind == "moe":
@@ -141,8 +149,7 @@ def tune(kind: str, quant: str, out_dir: Path, ms: tuple[int, ...] = MOE_M, n: i
             want = ref.fused_moe(**kw)
         else:
             x = cases.randn(m, k, seed=0, device="cuda")
-            w, ws = cases.quantize_weight_block(cases.randn(n, k, seed=1, scale=k ** -0.5))
-            w, ws = w.cuda(), ws.cuda()
+            w, ws = cases.quantize_weight_block(cases.randn(n, k, seed=1, scale=k ** -0.5, device="cuda"))
             run = lambda cfg: fp8_gemm(x, w, ws, config=cfg)
             want = ref.fp8_gemm(x, w, ws)
         best = None

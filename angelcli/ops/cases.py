@@ -62,7 +62,12 @@ def gen(seed: int) -> torch.Generator:
 
 
 def randn(*shape, seed: int, scale: float = 1.0, dtype=torch.bfloat16, device="cpu") -> torch.Tensor:
-    return (torch.randn(*shape, generator=gen(seed)) * scale).to(dtype).to(device)
+    """Seeded normal values generated where they will live: real-width GPU cases (3.2 G expert parameters)
+    must not be built and quantised on the CPU. CPU and CUDA generators give different values."""
+    dev = torch.device(device)
+    g = torch.Generator(device=dev).manual_seed(seed)
+    out = torch.randn(*shape, generator=g, device=dev)
+    return (out.mul_(scale) if scale != 1.0 else out).to(dtype)
 
 
 # ------------------------------------------------------------------------------------------------ cases
@@ -72,8 +77,8 @@ def moe_inputs(t: int, e: int, k: int, h: int, i: int, quant: str, seed: int = 0
                n_group: int = 1, topk_group: int = 1) -> dict:
     """Keyword arguments for fused_moe: random bf16 weights, optionally FP8-quantised, routed by `route`."""
     x = randn(t, h, seed=seed, device=device)
-    w13 = randn(e, 2 * i, h, seed=seed + 1, scale=h ** -0.5)
-    w2 = randn(e, h, i, seed=seed + 2, scale=i ** -0.5)
+    w13 = randn(e, 2 * i, h, seed=seed + 1, scale=h ** -0.5, device=device)  # built (and quantised) on device
+    w2 = randn(e, h, i, seed=seed + 2, scale=i ** -0.5, device=device)
     logits = torch.randn(t, e, generator=gen(seed + 3))
     weights, ids = ref.route(logits, torch.randn(e, generator=gen(seed + 4)) * 0.05, k, n_group, topk_group, 2.5)
     kw = dict(x=x, topk_weights=weights.to(device), topk_ids=ids.to(device))
@@ -99,7 +104,7 @@ def run_fp8_gemm(m, n, k, layout, device="cpu", prequantized=False, config=None,
     from angelcli.ops.fp8 import fp8_gemm, quantize_fp8
 
     x = randn(m, k, seed=seed, device=device)
-    w = randn(n, k, seed=seed + 1, scale=k ** -0.5)
+    w = randn(n, k, seed=seed + 1, scale=k ** -0.5, device=device)
     wq, ws = quantize_weight_block(w) if layout == "block" else quantize_weight_channel(w)
     wq, ws = wq.to(device), ws.to(device)
     if prequantized:

@@ -7,12 +7,18 @@ For each op case (angelcli/ops/cases.py) the row reports:
     shared_bytes                      the largest shared-memory need among them (limit 227 KB)
     fp8_wgmma                         FP8 GEMMs: does any launch use `wgmma ... e4m3` (None for non-GEMMs);
                                       launches with BLOCK_M >= 64 must, smaller tiles use f16 mma.sync
+    registers / spill_bytes           the most registers per thread and spill bytes (stores + loads) among
+                                      the compiled launches, from ptxas -v for sm_90a; any spill fails
     gpu_max_err                       on a CUDA machine: the compiled kernel vs the twin (None without one)
 For every distinct launch config in the shipped JSON files there is a row too: the config run in the
 interpreter at a small shape, and compiled at the real AntAngelMed shape (meta tensors: no memory).
 
+Compiles are deduplicated per (kernel, constexprs, warps, stages) across all rows and cached
+(aot.register_usage keeps ptxas' numbers by kernel hash), so identical tiles shared by many config files
+cost one compile.
+
 Failure (exit 1): an error above tolerance, a kernel that does not compile, shared memory over the
-limit, or an FP8 GEMM with BLOCK_M >= 64 that does not use wgmma e4m3 (below 64, f16 mma.sync is the
+limit, a kernel that spills registers, or an FP8 GEMM with BLOCK_M >= 64 that does not use wgmma e4m3 (below 64, f16 mma.sync is the
 expected instruction; shared/spec/fp8.md Part D).
 """
 
@@ -38,23 +44,45 @@ def _is_fp8_gemm(rec: Launch) -> bool:
     return rec.name == "_moe_gemm_kernel" and rec.constexprs.get("QUANT") in FP8_QUANT_IDS
 
 
+_compiled: dict[tuple, object] = {}  # (kernel, constexprs, warps, stages) -> AotResult | Exception
+
+
+def _compile_cached(rec: Launch):
+    key = (rec.name, tuple(sorted(rec.constexprs.items())), rec.num_warps, rec.num_stages)
+    if key not in _compiled:
+        try:
+            _compiled[key] = aot_compile(rec)
+        except Exception as err:  # noqa: BLE001 - reported per kernel, never a traceback
+            _compiled[key] = err
+    return _compiled[key]
+
+
 def _compile_all(recs: list[Launch], row: dict) -> None:
-    """AOT-compile each distinct launch; fill aot_sm90, shared_bytes, mma, fp8_wgmma and failures."""
+    """AOT-compile each distinct launch; fill aot_sm90, shared_bytes, mma, fp8_wgmma, registers,
+    spill_bytes and failures."""
     seen, kinds, fp8_mma = set(), [], []
-    row.update(aot_sm90=True, shared_bytes=0)
+    row.update(aot_sm90=True, shared_bytes=0, registers=0, spill_bytes=0)
     for rec in recs:
         key = (rec.name, tuple(sorted(rec.constexprs.items())), rec.num_warps, rec.num_stages)
         if key in seen:
             continue
         seen.add(key)
-        try:
-            res = aot_compile(rec)
-        except Exception as err:  # noqa: BLE001 - reported per kernel, never a traceback
+        res = _compile_cached(rec)
+        if isinstance(res, Exception):
             row["aot_sm90"] = False
-            row["failures"].append(f"{rec.name}: sm_90 compile failed: {type(err).__name__}: {str(err)[:200]}")
+            row["failures"].append(f"{rec.name}: sm_90 compile failed: {type(res).__name__}: {str(res)[:200]}")
             continue
         row["shared_bytes"] = max(row["shared_bytes"], res.shared_bytes)
         kinds.append(f"{rec.name}:{res.mma}")
+        if res.registers is None or res.spill_bytes is None:
+            row["registers"] = row["spill_bytes"] = None
+            row["failures"].append(f"{rec.name}: ptxas -v gave no register report")
+        elif row["spill_bytes"] is not None:
+            row["registers"] = max(row["registers"], res.registers)
+            row["spill_bytes"] += res.spill_bytes
+            if res.spill_bytes:
+                row["failures"].append(f"{rec.name}: spills {res.spill_bytes} B of registers on sm_90a "
+                                       f"({res.registers} registers)")
         if res.shared_bytes > SHARED_LIMIT_SM90:
             row["failures"].append(f"{rec.name}: {res.shared_bytes} B shared memory > {SHARED_LIMIT_SM90}")
         if _is_fp8_gemm(rec):
@@ -102,18 +130,20 @@ def check_case(name: str, run: Callable[[str], tuple[float, float]], gpu: bool) 
     if recs:
         _compile_all(recs, row)
     else:
-        row.update(aot_sm90=False, shared_bytes=None, fp8_wgmma=None, mma=[])
+        row.update(aot_sm90=False, shared_bytes=None, fp8_wgmma=None, mma=[], registers=None, spill_bytes=None)
     if gpu:
         _measure(run, row, "cuda", "gpu_max_err")
     row["ok"] = not row["failures"]
     return row
 
 
-def _config_rows(gpu: bool, interpret: bool = True) -> list[dict]:
-    """One row per distinct (op, quant, config) among the shipped files."""
+def _config_rows(gpu: bool, interpret: bool = True, device: str | None = None) -> list[dict]:
+    """One row per distinct (op, quant, config) among the shipped files (only `device`'s files if given)."""
     distinct: dict[tuple, dict] = {}
     for fname, table in shipped_configs():
         fields = parse_config_name(fname)
+        if device is not None and fields.get("device_name") != device:
+            continue
         quant = quant_of(fields)
         op = "fused_moe" if "E" in fields else "fp8_gemm"
         for m, cfg in sorted(table.items()):
@@ -206,15 +236,17 @@ def check_kernels(configs: bool = True, gpu: bool | None = None, only: list[str]
 
 def format_report(report: dict) -> list[str]:
     """Human-readable lines for a check_kernels report."""
-    lines = [f"{'kernel':<44} {'ok':<4} {'interp err / tol':<22} {'sm_90':<6} {'shared':>8}  {'fp8 wgmma':<9} gpu err"]
+    lines = [f"{'kernel':<44} {'ok':<4} {'interp err / tol':<22} {'sm_90':<6} {'shared':>8}  {'regs/spill':<11} "
+             f"{'fp8 wgmma':<9} gpu err"]
     for r in report["kernels"]:
         err, tol = r.get("interpreter_max_err"), r.get("tolerance")
         et = "-" if err is None else f"{err:.3g} / {tol:.3g}"
         shared = "-" if r.get("shared_bytes") is None else f"{r['shared_bytes'] / 1024:.0f} KB"
         wg = {None: "-", True: "yes", False: "no"}[r.get("fp8_wgmma")]
         gpu = "-" if r.get("gpu_max_err") is None else f"{r['gpu_max_err']:.3g}"
+        regs = "-" if r.get("registers") is None else f"{r['registers']}/{r['spill_bytes']}"
         lines.append(f"{r['name']:<44} {'ok' if r['ok'] else 'FAIL':<4} {et:<22} "
-                     f"{'yes' if r.get('aot_sm90') else 'no':<6} {shared:>8}  {wg:<9} {gpu}")
+                     f"{'yes' if r.get('aot_sm90') else 'no':<6} {shared:>8}  {regs:<11} {wg:<9} {gpu}")
         lines.extend(f"    {f}" for f in r["failures"])
     gpu = report["gpu"] or "none (compiled kernels not run)"
     lines.append(f"{sum(r['ok'] for r in report['kernels'])}/{len(report['kernels'])} ok in {report['seconds']} s; "

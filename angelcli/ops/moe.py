@@ -227,7 +227,7 @@ def fused_moe(x, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor
     if x_scale is not None:
         check_tensor("x_scale", x_scale, ndim=2, shape=(t, cdiv(hidden, FP8_GROUP)))
     cfg = validate_config(config, "fused_moe config") if config else moe_config(t, e, inter, top_k, quant,
-                                                                                   x.device)[0]
+                                                                                   x.device, hidden)[0]
     if quant != "bf16" and cfg["BLOCK_SIZE_K"] != 128:
         raise ValueError("fused_moe: FP8 paths quantise activations per 128 channels: BLOCK_SIZE_K must be 128")
     if cfg["BLOCK_SIZE_N"] < 32:

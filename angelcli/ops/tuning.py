@@ -1,38 +1,89 @@
 """Launch configurations are data: JSON files keyed by shape, device and dtype, looked up by nearest M.
 
-File names follow vLLM's convention (so its tuning habits carry over), in angelcli/ops/configs/ or in
-$ANGEL_KERNEL_CONFIG_DIR, which is searched first:
+File names (in angelcli/ops/configs/, or in $ANGEL_KERNEL_CONFIG_DIR, which is searched first):
 
     fused MoE   E={E},N={I},device_name={dev}[,dtype=fp8_w8a8[,block_shape=[128,128]|,per_channel_quant=True]].json
     FP8 GEMM    N={N},K={K},device_name={dev},dtype=fp8_w8a8[,block_shape=[128,128]|,per_channel_quant=True].json
 
 E = experts, I = expert intermediate size (w2.shape[2]), N x K = the dense weight; dev = the CUDA device name
-with spaces replaced by "_" (e.g. NVIDIA_H20, NVIDIA_H100_80GB_HBM3). A file maps the token count M (as a
-string) to {"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"};
-keys starting with "_" are comments (provenance). The entry with the nearest M is used. Without a file,
-a default heuristic is used and a warning is printed once per missing file. Files are read once per
-process (lru_cache).
+with spaces replaced by "_" (e.g. NVIDIA_H20, NVIDIA_H100_80GB_HBM3). The names look like vLLM's, the
+contents are not interchangeable (docs/kernels.md "Config file format"): a file must carry
+`"_format": "angel-launch-config/2"`; a file without it, or with any other non-comment key that is not
+a token count (vLLM writes "triton_version"), is rejected with a one-line warning naming the file and
+the lookup falls back as if the file did not exist. A file maps the token count M (as a string) to
+{"BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages"}; keys starting
+with "_" are comments ("_provenance" says where the numbers come from). The entry with the nearest M is
+used (ties: the smaller M). For fused MoE, BLOCK_SIZE_N is the number of weight rows per tile in both
+GEMMs; GEMM1 interleaves gate and up rows, so its tile yields BLOCK_SIZE_N / 2 outputs.
+
+Without a usable file the default is derived by the same rule that generated the shipped files
+(angelcli/ops/derive_configs.py: tiles sized from the device's SM count and shared memory), so a miss
+never leaves most SMs idle; on a GPU a warning is printed once per missing file.
+
+Two hooks for tools that count what a step looks up (e.g. `angel bench --count-launches`):
+
+    with tuning.device_override("NVIDIA H20"):         # look up as if on this device (meta tensors, no GPU)
+        with tuning.record_lookups() as lookups:        # every fused_moe / fp8_gemm config lookup inside
+            ...run a step...
+    misses = [l for l in lookups if not l["hit"]]
+
+Each recorded lookup is a dict: {"kernel": "fused_moe" | "fp8_gemm", "key": {"E", "N"} or {"N", "K"},
+"quant", "m", "device" (file spelling), "hit": bool, "file": the file name looked for, "reason": None or
+"missing" or "rejected: ..."}. Files are read once per process (lru_cache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 CONFIG_KEYS = ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "GROUP_SIZE_M", "num_warps", "num_stages")
+FORMAT = "angel-launch-config/2"  # /2: GEMM1 tiles interleave gate and up rows (BLOCK_SIZE_N = weight rows)
 _warned: set[str] = set()
+_recorders: list[list[dict]] = []
+_device_override: list[str] = []
+
+
+class ConfigFileError(ValueError):
+    """A config file that is not angel's (foreign keys, no format marker) or holds an invalid entry."""
 
 
 def device_name(device=None) -> str:
-    """The config-file spelling of the current CUDA device ("cpu" without CUDA)."""
+    """The config-file spelling of the current CUDA device ("cpu" without CUDA), or of the override."""
+    if _device_override:
+        return _device_override[-1]
     import torch
 
     if not torch.cuda.is_available() or (device is not None and torch.device(device).type != "cuda"):
         return "cpu"
     return torch.cuda.get_device_name(device).replace(" ", "_")
+
+
+@contextlib.contextmanager
+def device_override(name: str) -> Iterator[str]:
+    """Look configs up as if running on the device called `name` ("NVIDIA H20" or "NVIDIA_H20")."""
+    spelled = name.strip().replace(" ", "_")
+    _device_override.append(spelled)
+    try:
+        yield spelled
+    finally:
+        _device_override.pop()
+
+
+@contextlib.contextmanager
+def record_lookups() -> Iterator[list[dict]]:
+    """Collect every config lookup made inside the block (see the module docstring for the fields)."""
+    rec: list[dict] = []
+    _recorders.append(rec)
+    try:
+        yield rec
+    finally:
+        _recorders.remove(rec)
 
 
 def _quant_suffix(quant: str) -> str:
@@ -53,23 +104,54 @@ def config_dirs() -> list[Path]:
     return ([Path(extra)] if extra else []) + [CONFIG_DIR]
 
 
+def parse_config_file(path: Path) -> dict[int, dict]:
+    """{M: config} of one file; ConfigFileError (one line, naming the file) if it is not angel's format."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigFileError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"{path}: expected a JSON object mapping token counts to configs")
+    if raw.get("_format") != FORMAT:
+        raise ConfigFileError(f"{path}: not an angel launch-config file (needs \"_format\": \"{FORMAT}\"; "
+                              "vLLM's files look alike but tile GEMM1 differently)")
+    foreign = [k for k in raw if not k.startswith("_") and not k.isdigit()]
+    if foreign:
+        raise ConfigFileError(f"{path}: unknown key {foreign[0]!r} (keys are token counts or _comments)")
+    try:
+        return {int(m): validate_config(c, f"{path.name}[{m}]") for m, c in raw.items() if not m.startswith("_")}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ConfigFileError(f"{path}: {err}") from None
+
+
 @functools.lru_cache(maxsize=None)
 def load_config_file(name: str) -> tuple[Path, dict[int, dict]] | None:
-    """(path, {M: config}) from the first directory holding `name`, or None."""
+    """(path, {M: config}) from the first directory holding a valid `name`, or None. A rejected file
+    is skipped with a one-line warning (once) and the next directory is tried."""
     for d in config_dirs():
         path = d / name
         if path.is_file():
-            raw = json.loads(path.read_text())
-            return path, {int(m): validate_config(c, f"{path.name}[{m}]") for m, c in raw.items()
-                          if not m.startswith("_")}
+            try:
+                return path, parse_config_file(path)
+            except ConfigFileError as err:
+                _rejected[name] = str(err)
+                _warn_once(f"rejected:{path}", f"ignoring kernel config {err}")
     return None
+
+
+_rejected: dict[str, str] = {}
 
 
 def validate_config(cfg: dict, where: str = "config") -> dict:
     """Check the six keys and power-of-two tiles; returns a plain dict of ints."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{where}: expected an object with {', '.join(CONFIG_KEYS)}")
     missing = [k for k in CONFIG_KEYS if k not in cfg]
     if missing:
         raise ValueError(f"{where}: missing {', '.join(missing)}")
+    extra = [k for k in cfg if k not in CONFIG_KEYS]
+    if extra:
+        raise ValueError(f"{where}: unknown key {extra[0]!r}")
     out = {k: int(cfg[k]) for k in CONFIG_KEYS}
     for k in ("BLOCK_SIZE_M", "BLOCK_SIZE_N", "BLOCK_SIZE_K", "num_warps"):
         v = out[k]
@@ -86,68 +168,65 @@ def _nearest(table: dict[int, dict], m: int) -> dict:
     return table[min(table, key=lambda key: (abs(key - m), key))]
 
 
-def _warn_once(name: str) -> None:
-    if name not in _warned:
-        _warned.add(name)
+def _warn_once(key: str, message: str | None = None) -> None:
+    if key not in _warned:
+        _warned.add(key)
         from angelcli.console import warn
 
-        warn(f"no tuned kernel config {name}; using the default (performance may be sub-optimal; "
-             "`angel tune` writes one)")
+        warn(message or f"no tuned kernel config {key}; using the rule-derived default (`angel tune` "
+                        "measures one)")
 
 
-def default_moe_config(m: int, num_experts: int, top_k: int, quant: str) -> dict:
-    """Heuristic when no file matches: small BLOCK_M while each expert sees few tokens (memory-bound:
-    padding rows cost bandwidth), BLOCK_M 64+ once experts see enough rows for wgmma to pay off."""
-    per_expert = m * top_k / max(num_experts, 1)
-    bk = 128 if quant != "bf16" else 64
-    if per_expert <= 16:
-        cfg = dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=bk, GROUP_SIZE_M=1, num_warps=4, num_stages=3)
-    elif per_expert <= 48:
-        cfg = dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=bk, GROUP_SIZE_M=8, num_warps=4, num_stages=3)
-    else:
-        cfg = dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=128, BLOCK_SIZE_K=bk, GROUP_SIZE_M=8, num_warps=4, num_stages=3)
-    return cfg
+def default_moe_config(m: int, num_experts: int, top_k: int, quant: str, inter: int = 1024,
+                       hidden: int = 4096, device: str | None = None) -> dict:
+    """The rule of derive_configs for a fused-MoE lookup that found no file."""
+    from angelcli.ops.derive_configs import device_sms, moe_rule
+
+    return moe_rule(m, num_experts, inter, hidden, top_k, quant, device_sms(device))
 
 
-def default_gemm_config(m: int, quant: str) -> dict:
-    bk = 128
-    if m <= 16:
-        return dict(BLOCK_SIZE_M=16, BLOCK_SIZE_N=64, BLOCK_SIZE_K=bk, GROUP_SIZE_M=1, num_warps=4, num_stages=4)
-    if m <= 64:
-        return dict(BLOCK_SIZE_M=32, BLOCK_SIZE_N=64, BLOCK_SIZE_K=bk, GROUP_SIZE_M=8, num_warps=4, num_stages=4)
-    return dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=128, BLOCK_SIZE_K=bk, GROUP_SIZE_M=8, num_warps=4, num_stages=3)
+def default_gemm_config(m: int, quant: str, n: int = 4096, k: int = 4096, device: str | None = None) -> dict:
+    """The rule of derive_configs for an fp8_gemm lookup that found no file."""
+    from angelcli.ops.derive_configs import device_sms, gemm_rule
+
+    return gemm_rule(m, n, k, device_sms(device))
 
 
-def moe_config(m: int, num_experts: int, inter: int, top_k: int, quant: str, device=None) -> tuple[dict, str]:
-    """(config, source) for fused_moe with M tokens; source is the file name or "default"."""
-    name = moe_config_name(num_experts, inter, device_name(device), quant)
+def _lookup(kernel: str, key: dict, quant: str, m: int, name: str, dev: str):
     found = load_config_file(name)
+    if found is None and dev not in ("cpu",):
+        _warn_once(name)
+    for rec in _recorders:
+        rec.append({"kernel": kernel, "key": key, "quant": quant, "m": m, "device": dev, "hit": found is not None,
+                    "file": name, "reason": None if found else ("rejected: " + _rejected[name]
+                                                                if name in _rejected else "missing")})
+    return found
+
+
+def moe_config(m: int, num_experts: int, inter: int, top_k: int, quant: str, device=None,
+               hidden: int = 4096) -> tuple[dict, str]:
+    """(config, source) for fused_moe with M tokens; source is the file name or "default"."""
+    dev = device_name(device)
+    name = moe_config_name(num_experts, inter, dev, quant)
+    found = _lookup("fused_moe", {"E": num_experts, "N": inter}, quant, m, name, dev)
     if found is not None:
         return dict(_nearest(found[1], m)), name
-    if device_name(device) != "cpu":
-        _warn_once(name)
-    return default_moe_config(m, num_experts, top_k, quant), "default"
+    return default_moe_config(m, num_experts, top_k, quant, inter, hidden, dev), "default"
 
 
 def gemm_config(m: int, n: int, k: int, quant: str, device=None) -> tuple[dict, str]:
     """(config, source) for fp8_gemm with M rows."""
-    name = gemm_config_name(n, k, device_name(device), quant)
-    found = load_config_file(name)
+    dev = device_name(device)
+    name = gemm_config_name(n, k, dev, quant)
+    found = _lookup("fp8_gemm", {"N": n, "K": k}, quant, m, name, dev)
     if found is not None:
         return dict(_nearest(found[1], m)), name
-    if device_name(device) != "cpu":
-        _warn_once(name)
-    return default_gemm_config(m, quant), "default"
+    return default_gemm_config(m, quant, n, k, dev), "default"
 
 
 def shipped_configs() -> list[tuple[str, dict[int, dict]]]:
     """Every config file shipped in angelcli/ops/configs, parsed and validated (for `angel kernels --check`)."""
-    out = []
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        raw = json.loads(path.read_text())
-        out.append((path.name, {int(m): validate_config(c, f"{path.name}[{m}]") for m, c in raw.items()
-                                if not m.startswith("_")}))
-    return out
+    return [(path.name, parse_config_file(path)) for path in sorted(CONFIG_DIR.glob("*.json"))]
 
 
 def parse_config_name(name: str) -> dict[str, str]:
