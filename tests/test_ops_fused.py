@@ -118,3 +118,17 @@ def test_attention_decode_fp8_quantises_each_head():
     assert torch.equal(oq.view(torch.uint8), q_ref.view(torch.uint8)) and torch.equal(scale, s_ref)
     want, (wq, ws) = ref.attention_decode_fp8(q, kc, vc, table, lens)
     assert (out.float() - want.float()).abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("n_shared", [1, 3])
+def test_route_gemm_appends_shared_expert_slots(n_shared):
+    """The extra slots the fused MoE needs to run the shared expert: ids E .. E+n-1, weight 1, after the
+    routed ones (what ops.shared_expert_routing builds with four more kernels)."""
+    from angelcli.ops import shared_expert_routing
+
+    x, w = _rand(3, 64, seed=16), _rand(16, 64, seed=17, scale=0.1)
+    got_w, got_ids, _ = route_gemm(x, w, None, 2, 4, 2, 1.0, n_shared)
+    base_w, base_ids, _ = ref.route_gemm(x, w, None, 2, 4, 2, 1.0)
+    want_w, want_ids = shared_expert_routing(base_w, base_ids, 16, n_shared)
+    assert torch.equal(got_ids, want_ids.to(torch.int32)) and (got_w - want_w).abs().max() < 1e-6
+    assert torch.equal(ref.route_gemm(x, w, None, 2, 4, 2, 1.0, n_shared)[1], got_ids)

@@ -99,10 +99,15 @@ class PagedModel:
                          fp8_ok and (getattr(getattr(layer.mlp, "experts", None), "w13_scale", None) is not None
                                      or isinstance(getattr(layer.mlp, "gate_proj", None), Fp8Linear)))
                         for layer in model.model.layers]
-        self._gate_up = {}  # id(MLP) -> (weight [2I, H], scale | None): gate and up as one GEMM
+        # the shared expert joins the routed ones as extra experts of fused_moe (ops/shared_expert.py);
+        # other dense MLPs run gate|up as one GEMM
+        self._joined: dict[int, tuple] = {}  # id(SparseMoe) -> (w13, w2, w13_scale, w2_scale, n slices)
+        self._gate_up: dict[int, tuple] = {}  # id(MLP) -> (weight [2I, H], scale | None)
         for layer in model.model.layers:
+            if isinstance(layer.mlp, SparseMoe) and layer.mlp.shared_experts is not None:
+                self._join_shared(layer.mlp)
             for mlp in (layer.mlp, getattr(layer.mlp, "shared_experts", None)):
-                if mlp is not None and hasattr(mlp, "gate_proj"):
+                if mlp is not None and hasattr(mlp, "gate_proj") and id(layer.mlp) not in self._joined:
                     self._fuse_gate_up(mlp)
         a0 = model.model.layers[0].attention
         self.hq, self.hkv, self.head_dim = a0.num_heads, a0.num_kv, a0.head_dim
@@ -216,6 +221,32 @@ class PagedModel:
             o = ops.attention_prefill(q, k_cache, v_cache, step.block_table, step.cu_seqlens_q, step.seq_lens)
         return self._linear(o.reshape(N, self.hq * d), attn.dense, oq)  # partial sum under TP
 
+    def _join_shared(self, moe: SparseMoe) -> None:
+        """Append the shared expert to the routed experts' stacked weights, once (a new copy of the experts;
+        the model's own w13 / w2 become views of it, so the old tensors are freed). Skipped when the formats
+        differ (e.g. FP8 experts with a bf16 shared expert): the shared MLP then runs on its own."""
+        from angelcli.ops.shared_expert import append_shared_expert
+
+        ex, sh = moe.experts, moe.shared_experts
+        fp8 = ex.w13_scale is not None
+        if fp8 != isinstance(sh.gate_proj, Fp8Linear) or fp8 != isinstance(sh.down_proj, Fp8Linear):
+            return
+        kw = dict(w13_scale=ex.w13_scale, w2_scale=ex.w2_scale, gate_scale=sh.gate_proj.weight_scale,
+                  up_scale=sh.up_proj.weight_scale, down_scale=sh.down_proj.weight_scale) if fp8 else {}
+        try:
+            with torch.no_grad():
+                w13, w2, s13, s2, n = append_shared_expert(ex.w13, ex.w2, sh.gate_proj.weight, sh.up_proj.weight,
+                                                           sh.down_proj.weight, **kw)
+        except (ValueError, TypeError):
+            return
+        e = ex.w13.shape[0]
+        with torch.no_grad():
+            ex.w13.data, ex.w2.data = w13[:e], w2[:e]
+            if fp8:
+                ex.w13_scale.data = s13[:e].view(ex.w13_scale.shape)
+                ex.w2_scale.data = s2[:e].view(ex.w2_scale.shape)
+        self._joined[id(moe)] = (w13, w2, s13, s2, n)
+
     def _fuse_gate_up(self, mlp) -> None:
         """Concatenate gate and up (weights and scales) into one [2I, H] operand, once, and make the module's
         own parameters views of it (no extra memory; the torch backend sees the same values)."""
@@ -258,17 +289,20 @@ class PagedModel:
         """x [N, H] (xq: its (fp8, scale) pair when the norm already quantised it) -> [N, H] partial sum."""
         cfg = self.cfg
         bias = moe.gate.expert_bias if cfg.moe_router_enable_expert_bias else None
-        # one launch: fp32 logits [N, E] (router weight upcast in registers, never copied) + grouped top-k
-        w, ids, logits = self.ops.route_gemm(x, moe.gate.weight, bias, cfg.num_experts_per_tok, cfg.n_group,
-                                             cfg.topk_group, cfg.routed_scaling_factor)
+        joined = self._joined.get(id(moe))
+        k = cfg.num_experts_per_tok
+        # one launch: fp32 logits [N, E] (router weight upcast in registers, never copied) + grouped top-k,
+        # plus the slots of the shared expert's slices when it runs inside fused_moe
+        w, ids, logits = self.ops.route_gemm(x, moe.gate.weight, bias, k, cfg.n_group, cfg.topk_group,
+                                             cfg.routed_scaling_factor, joined[4] if joined else 0)
         if router is not None:
-            router.append(RouterOutput(moe.layer_idx, logits, ids.long(), w))
+            router.append(RouterOutput(moe.layer_idx, logits, ids[:, :k].long(), w[:, :k]))
         ex = moe.experts
         if ex.w13_scale is not None and xq is None and self._prequant:
             xq = self.ops.quantize_act_fp8(x)  # one quantisation feeds every FP8 GEMM of the layer
-        y = self.ops.fused_moe(x if xq is None else xq, ex.w13, ex.w2, w, ids, w13_scale=ex.w13_scale,
-                               w2_scale=ex.w2_scale)
-        if moe.shared_experts is not None:
+        w13, w2, s13, s2 = joined[:4] if joined else (ex.w13, ex.w2, ex.w13_scale, ex.w2_scale)
+        y = self.ops.fused_moe(x if xq is None else xq, w13, w2, w, ids, w13_scale=s13, w2_scale=s2)
+        if moe.shared_experts is not None and joined is None:
             y = y + self._mlp(moe.shared_experts, x, xq)
         return y
 

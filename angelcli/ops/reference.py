@@ -339,12 +339,18 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 
 def route_gemm(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int,
-               n_group: int = 1, topk_group: int = 1, routed_scaling_factor: float = 1.0
+               n_group: int = 1, topk_group: int = 1, routed_scaling_factor: float = 1.0, n_shared: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The router in one op: x [T, H], weight [E, H] -> (weights [T, K] fp32, ids [T, K] int32, logits [T, E]
-    fp32) with logits = fp32(x) @ fp32(weight)^T (angelcli/ops/router_gemm.py)."""
+    """The router in one op: x [T, H], weight [E, H] -> (weights [T, K + n_shared] fp32, ids [T, K + n_shared]
+    int32, logits [T, E] fp32) with logits = fp32(x) @ fp32(weight)^T; the n_shared extra slots are experts
+    E .. E + n_shared - 1 with weight 1 (angelcli/ops/router_gemm.py)."""
     logits = F.linear(x.float(), weight.float())
     w, ids = route(logits, expert_bias, top_k, n_group, topk_group, routed_scaling_factor)
+    if n_shared:
+        t, e = logits.shape
+        extra = torch.arange(e, e + n_shared, dtype=ids.dtype, device=ids.device).expand(t, n_shared)
+        w = torch.cat([w, torch.ones(t, n_shared, dtype=w.dtype, device=w.device)], 1)
+        ids = torch.cat([ids, extra], 1)
     return w, ids, logits
 
 

@@ -33,9 +33,11 @@ def _route_rows(
     stride_lt, stride_wt, stride_it, routed_scaling_factor,
     BLOCK_T: tl.constexpr, G_P2: tl.constexpr, S_P2: tl.constexpr, K_P2: tl.constexpr,
     TOP_K: tl.constexpr, TOPK_GROUP: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
-    BYPASS_L1: tl.constexpr,
+    BYPASS_L1: tl.constexpr, N_SHARED: tl.constexpr, NS_P2: tl.constexpr, num_experts,
 ):
-    """Route the BLOCK_T tokens `tok` [BLOCK_T] (int64): read their logits rows, write weights and ids."""
+    """Route the BLOCK_T tokens `tok` [BLOCK_T] (int64): read their logits rows, write weights and ids.
+    N_SHARED > 0: slots TOP_K .. TOP_K + N_SHARED - 1 get experts num_experts + j with weight 1 (the shared
+    expert's slices appended to the fused MoE, ops/shared_expert.py)."""
     # Tile [BLOCK_T tokens, G_P2 groups, S_P2 experts per group]; expert e = g * experts_per_group + s.
     t3 = tok[:, None, None]
     grp = tl.arange(0, G_P2)[None, :]  # [1, G_P2]
@@ -92,6 +94,13 @@ def _route_rows(
     mask = (tok[:, None] < num_tokens) & (kk < TOP_K)
     tl.store(weights_ptr + tok[:, None] * stride_wt + kk, out_w, mask=mask)
     tl.store(ids_ptr + tok[:, None] * stride_it + kk, out_ids, mask=mask)
+    if N_SHARED > 0:
+        js = tl.arange(0, NS_P2)[None, :]
+        smask = (tok[:, None] < num_tokens) & (js < N_SHARED)
+        tl.store(weights_ptr + tok[:, None] * stride_wt + TOP_K + js, tl.full([BLOCK_T, NS_P2], 1.0, tl.float32),
+                 mask=smask)
+        tl.store(ids_ptr + tok[:, None] * stride_it + TOP_K + js,
+                 (js + num_experts + tl.zeros([BLOCK_T, NS_P2], dtype=tl.int32)).to(tl.int32), mask=smask)
 
 
 @triton.jit
@@ -111,7 +120,7 @@ def _route_kernel(
     tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     _route_rows(logits_ptr, bias_ptr, weights_ptr, ids_ptr, tok, num_tokens, n_group, experts_per_group,
                 stride_lt, stride_wt, stride_it, routed_scaling_factor, BLOCK_T, G_P2, S_P2, K_P2, TOP_K,
-                TOPK_GROUP, GROUPED, HAS_BIAS, False)
+                TOPK_GROUP, GROUPED, HAS_BIAS, False, 0, 1, 0)
 
 
 def check_route_args(e: int, expert_bias, top_k: int, n_group: int, topk_group: int, device):

@@ -39,7 +39,7 @@ def _route_gemm_kernel(
     # meta-parameters
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, G_P2: tl.constexpr,
     S_P2: tl.constexpr, K_P2: tl.constexpr, TOP_K: tl.constexpr, TOPK_GROUP: tl.constexpr,
-    GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr, N_SHARED: tl.constexpr, NS_P2: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
@@ -65,7 +65,7 @@ def _route_gemm_kernel(
             rows = pid_t.to(tl.int64) * BLOCK_T + sub * 16 + tl.arange(0, 16)
             _route_rows(logits_ptr, bias_ptr, weights_ptr, ids_ptr, rows, num_tokens, n_group,
                         experts_per_group, stride_lt, stride_wt, stride_it, routed_scaling_factor, 16, G_P2,
-                        S_P2, K_P2, TOP_K, TOPK_GROUP, GROUPED, HAS_BIAS, True)
+                        S_P2, K_P2, TOP_K, TOPK_GROUP, GROUPED, HAS_BIAS, True, N_SHARED, NS_P2, num_experts)
 
 
 def _ticket_buffer(device: torch.device, n: int) -> torch.Tensor:
@@ -79,13 +79,15 @@ def _ticket_buffer(device: torch.device, n: int) -> torch.Tensor:
 
 
 def route_gemm(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int,
-               n_group: int = 1, topk_group: int = 1, routed_scaling_factor: float = 1.0
+               n_group: int = 1, topk_group: int = 1, routed_scaling_factor: float = 1.0, n_shared: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Router GEMM + ops.route in one launch.
 
     x [T, H] bf16/fp16/fp32 (rows may be strided), weight [E, H] (any float dtype, upcast in registers),
-    expert_bias [E] or None -> (topk_weights [T, top_k] fp32, topk_ids [T, top_k] int32, logits [T, E] fp32).
-    Same semantics as reference.route(fp32(x) @ fp32(weight)^T, ...) up to fp32 summation order.
+    expert_bias [E] or None -> (topk_weights [T, top_k + n_shared] fp32, topk_ids [T, top_k + n_shared]
+    int32, logits [T, E] fp32). Same semantics as reference.route(fp32(x) @ fp32(weight)^T, ...) up to fp32
+    summation order; n_shared > 0 appends slots for experts E .. E + n_shared - 1 with weight 1, as
+    ops.shared_expert_routing does (the shared expert run inside fused_moe).
     """
     check_tensor("x", x, ndim=2, dtypes=(torch.bfloat16, torch.float16, torch.float32))
     t, hidden = x.shape
@@ -94,8 +96,8 @@ def route_gemm(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor 
     e = weight.shape[0]
     n_group, per, topk_group, grouped = check_route_args(e, expert_bias, top_k, n_group, topk_group, x.device)
     logits = torch.empty(t, e, dtype=torch.float32, device=x.device)
-    weights = torch.empty(t, top_k, dtype=torch.float32, device=x.device)
-    ids = torch.empty(t, top_k, dtype=torch.int32, device=x.device)
+    weights = torch.empty(t, top_k + n_shared, dtype=torch.float32, device=x.device)
+    ids = torch.empty(t, top_k + n_shared, dtype=torch.int32, device=x.device)
     if t == 0:
         return weights, ids, logits
     block_t = ROUTE_SUB if t <= ROUTE_SUB else 64
@@ -110,6 +112,7 @@ def route_gemm(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor 
                      routed_scaling_factor=float(routed_scaling_factor)),
            constexprs=dict(BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=128 if t <= ROUTE_SUB else 32,
                            G_P2=next_pow2(n_group), S_P2=next_pow2(per), K_P2=next_pow2(top_k), TOP_K=top_k,
-                           TOPK_GROUP=topk_group, GROUPED=grouped, HAS_BIAS=expert_bias is not None),
+                           TOPK_GROUP=topk_group, GROUPED=grouped, HAS_BIAS=expert_bias is not None,
+                           N_SHARED=n_shared, NS_P2=next_pow2(max(n_shared, 1))),
            num_warps=4, num_stages=2)
     return weights, ids, logits
