@@ -5,7 +5,9 @@ modules swapped in as the config's quantization_config says, one tensor-parallel
 Then the triton backend's own code path runs (PagedModel with ops="triton"): Triton host wrappers on meta
 tensors do all their checks and config lookups and only record the launch (ops/_runtime.launch), and a
 TorchDispatchMode records every aten op that would launch a kernel on the device (views, allocations and
-host-side tensors do not). Tensor-parallel collectives count as one launch each.
+host-side tensors do not). Tensor-parallel collectives are NCCL calls, neither Triton nor aten kernels:
+they are reported apart (`collectives_per_step`, `collectives_per_moe_layer`, two per MoE layer under TP)
+and not included in the kernel counts.
 
     decode step      one token for each of `batch` rows at `context` cached tokens, through the decode graph
                      path (the graph's contents plus the few copies into its static buffers)
@@ -195,14 +197,28 @@ def count_launches(model: str, *, tp: int = 1, batch: int = 1, device_name: str 
         step, chunk = _count(cfg, tp, batch, context, prefill=True)
     moe_layers = cfg.num_moe_layers
     fewer = replace(cfg, num_hidden_layers=cfg.num_hidden_layers - 1) if moe_layers > 1 else None
-    per_layer = None
+    less = None
     if fewer is not None:
         with record_config_lookups(device_name):
             less, _ = _count(fewer, tp, batch, context, prefill=False)
-        per_layer = sum(step.values()) - sum(less.values())
+    kernels, colls = _split(step)
+    chunk_kernels, chunk_colls = _split(chunk)
+    per_layer = per_layer_colls = None
+    if less is not None:
+        less_kernels, less_colls = _split(less)
+        per_layer = sum(kernels.values()) - sum(less_kernels.values())
+        per_layer_colls = sum(colls.values()) - sum(less_colls.values())
     misses = sorted({name for name, found in lookups if not found})
     return {"model": model, "config_source": source, "tp": tp, "batch": batch, "context": context,
-            "device_name": device_name, "kernels_per_step": sum(step.values()),
-            "kernels_per_moe_layer": per_layer, "kernels_per_prefill_chunk": sum(chunk.values()),
-            "by_kernel": dict(step.most_common()), "prefill_by_kernel": dict(chunk.most_common()),
+            "device_name": device_name, "kernels_per_step": sum(kernels.values()),
+            "kernels_per_moe_layer": per_layer, "kernels_per_prefill_chunk": sum(chunk_kernels.values()),
+            "collectives_per_step": sum(colls.values()), "collectives_per_moe_layer": per_layer_colls,
+            "by_kernel": dict(kernels.most_common()), "prefill_by_kernel": dict(chunk_kernels.most_common()),
+            "collectives": dict(colls.most_common()), "prefill_collectives": dict(chunk_colls.most_common()),
             "config_misses": misses}
+
+
+def _split(counts: Counter) -> tuple[Counter, Counter]:
+    """(device kernels, collectives) of a launch count."""
+    colls = Counter({k: v for k, v in counts.items() if k.startswith("nccl.")})
+    return counts - colls, colls

@@ -59,9 +59,9 @@ def bench(
             emit_json(rep)
         else:
             typer.echo(f"{model} TP {tp} batch {batch} on {device_name}: {rep['kernels_per_step']} kernels per "
-                       f"decode step, {rep['kernels_per_moe_layer']} per MoE layer, "
-                       f"{rep['kernels_per_prefill_chunk']} per 4096-token prefill chunk; "
-                       f"{len(rep['config_misses'])} launch-config misses")
+                       f"decode step, {rep['kernels_per_moe_layer']} per MoE layer (+ "
+                       f"{rep['collectives_per_moe_layer']} collectives), {rep['kernels_per_prefill_chunk']} per "
+                       f"4096-token prefill chunk; {len(rep['config_misses'])} launch-config misses")
         return
     from angelcli.bench import run_bench
 
