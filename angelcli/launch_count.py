@@ -58,24 +58,12 @@ def _count_aten():
 
 @contextlib.contextmanager
 def record_config_lookups(device_name: str):
-    """Pretend to run on `device_name` and record every launch-config file lookup: yields a list that fills
-    with (file name, found) pairs. (Patches ops.tuning's device name and file loader for the block.)"""
+    """Look launch configs up as if on `device_name` and record every lookup (ops.tuning's hooks): yields a
+    list of {"kernel", "key", "quant", "m", "device", "hit", "file", "reason"} dicts."""
     from angelcli.ops import tuning
 
-    seen: list[tuple[str, bool]] = []
-    real_load, real_dev = tuning.load_config_file, tuning.device_name
-
-    def load(name: str):
-        found = real_load(name)
-        seen.append((name, found is not None))
-        return found
-
-    tuning.load_config_file = load
-    tuning.device_name = lambda device=None: device_name.replace(" ", "_")
-    try:
-        yield seen
-    finally:
-        tuning.load_config_file, tuning.device_name = real_load, real_dev
+    with tuning.device_override(device_name), tuning.record_lookups() as lookups:
+        yield lookups
 
 
 class _Counting:
@@ -208,7 +196,8 @@ def count_launches(model: str, *, tp: int = 1, batch: int = 1, device_name: str 
         less_kernels, less_colls = _split(less)
         per_layer = sum(kernels.values()) - sum(less_kernels.values())
         per_layer_colls = sum(colls.values()) - sum(less_colls.values())
-    misses = sorted({name for name, found in lookups if not found})
+    misses = sorted({f"{rec['file']} ({rec['reason']})" if rec.get("reason") not in (None, "missing") else rec["file"]
+                     for rec in lookups if not rec["hit"]})
     return {"model": model, "config_source": source, "tp": tp, "batch": batch, "context": context,
             "device_name": device_name, "kernels_per_step": sum(kernels.values()),
             "kernels_per_moe_layer": per_layer, "kernels_per_prefill_chunk": sum(chunk_kernels.values()),
