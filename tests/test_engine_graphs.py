@@ -43,7 +43,7 @@ def test_four_chat_turns_capture_one_graph_and_replay_equals_eager(bf16_model):
                     kv_tokens=256)  # a fixed KV pool, as on CUDA (a growing pool moves and drops the graphs)
     want_t, want_lp = _chat(eager)
     got_t, got_lp = _chat(graphs)
-    assert graphs.net.graphs.captures == 1 and list(graphs.net.graphs.graphs) == [(1, 1, ())]
+    assert graphs.net.graphs.captures == 1 and list(graphs.net.graphs.graphs) == [(1, 1, (), "greedy")]
     assert eager.net.graphs is None
     assert got_t == want_t
     assert max(abs(a - b) for x, y in zip(got_lp, want_lp) for a, b in zip(x, y)) < 1e-3
@@ -63,7 +63,7 @@ def test_graph_batches_pad_and_share_one_logits_buffer(bf16_model):
         for i, step in e.generate_batch(prompts, params):
             out.setdefault(i, []).append(step.token_id)
     assert got == want
-    sizes = {size for size, T, _ in eng.net.graphs.graphs}
+    sizes = {key[0] for key in eng.net.graphs.graphs}
     assert sizes <= {1, 2, 4} and 4 in sizes
     assert eng.net.graphs.logits.shape == (eng.net.graph_max_batch, cfg.vocab_size)
     assert eng.net.pool.free_tokens == eng.net.pool.capacity_tokens
@@ -137,3 +137,24 @@ def test_engine_does_not_import_draft_code():
             "print(any(m.startswith('angelcli.eagle') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sampling_inside_the_decode_graph_matches_eager(bf16_model):
+    """Greedy and seeded sampling run inside the decode graph (argmax / sample_rows + the chosen logprob):
+    the same tokens and logprobs as sampling after an eager step, for a batch mixing settings."""
+    model, cfg = bf16_model
+    prompts = [[5, 9, 3], [17, 2, 8, 40, 11], [60, 1]]
+    params = [SamplingParams(max_new_tokens=5, temperature=0.9, top_k=20, seed=3), SamplingParams(max_new_tokens=4),
+              SamplingParams(max_new_tokens=5, temperature=1.2, top_p=0.9, seed=4)]
+    kw = dict(backend="triton", paged_ops="torch", max_seq_len=32, kv_tokens=256)
+    for plist in (params, [SamplingParams(max_new_tokens=4)] * 3):
+        runs = []
+        for graphs in (False, "replay"):
+            eng = Engine(model, cfg, cuda_graphs=graphs, **kw)
+            got = {}
+            for i, step in eng.generate_batch(prompts, plist):
+                got.setdefault(i, []).append((step.token_id, round(step.logprob, 4)))
+            runs.append(got)
+        assert runs[0] == runs[1]
+        modes = {key[3] for key in eng.net.graphs.graphs}
+        assert modes == ({"sample"} if plist is params else {"greedy"})

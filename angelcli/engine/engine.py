@@ -31,7 +31,7 @@ import torch
 
 from angelcli.config import ModelConfig
 from angelcli.engine.kv_cache import KVCache
-from angelcli.engine.sampling import SamplingParams, sample_batch, step_logprobs
+from angelcli.engine.sampling import SamplingParams, sample_batch, sampling_tensors, step_logprobs
 from angelcli.errors import UsageError
 
 
@@ -205,10 +205,15 @@ class Engine:
             live = list(range(B))  # positions in `rows` still generating
             first_at = [None] * B
             n = 0
+            pre = None  # (ids, logprobs) sampled inside the decode graph, when the backend did
             while True:
-                tokens = self._sample(logits, [plist[rows[i]] for i in live], [seeds[i] for i in live], n)  # [b]
                 k = max(plist[rows[i]].logprobs for i in live)
-                lp, top_v, top_i = step_logprobs(logits, tokens, k)
+                if pre is not None and not k:
+                    (tokens, lp), top_v, top_i = pre, None, None
+                else:
+                    tokens = pre[0] if pre is not None else \
+                        self._sample(logits, [plist[rows[i]] for i in live], [seeds[i] for i in live], n)  # [b]
+                    lp, top_v, top_i = step_logprobs(logits, tokens, k)
                 ids = tokens.tolist()  # the one host sync of the step
                 lp, top_v, top_i = lp.tolist(), (top_v.tolist() if k else None), (top_i.tolist() if k else None)
                 now = time.perf_counter()
@@ -236,14 +241,26 @@ class Engine:
                     return True
                 keep = torch.tensor(still, device=tokens.device)
                 live = [live[j] for j in still]
-                logits = self.decode_step(tokens[keep], cache.rows(live))
                 n += 1
+                logits, pre = self._decode(tokens[keep], cache.rows(live), [plist[rows[i]] for i in live],
+                                           [seeds[i] for i in live], n)
         except GeneratorExit:
             if not exchanged:
                 self._tp_go(False)  # closed at a yield: stand in for this step's exchange
             return False
         finally:
             cache.reset()
+
+    @torch.inference_mode()
+    def _decode(self, tokens: torch.Tensor, cache, params: list[SamplingParams], seeds: list[int], step: int):
+        """One decode step -> (logits [b, V], (ids [b], logprobs [b]) when sampled inside the step's CUDA
+        graph (triton backend), else None: the caller samples)."""
+        if self.backend != "triton" or getattr(self.net, "graphs", None) is None:
+            return self.decode_step(tokens, cache), None
+        sampling = ("greedy", None) if all(p.greedy for p in params) else \
+            ("sample", sampling_tensors(params, seeds, step, self.cfg.vocab_size, self.device))
+        out = self.net(tokens.view(-1, 1).to(self.device), cache, sampling=sampling)
+        return out.logits[:, -1], out.sampled
 
     def _sample(self, logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], step: int
                 ) -> torch.Tensor:

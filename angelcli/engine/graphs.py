@@ -13,6 +13,10 @@ one more for its verify step. What makes a graph independent of the request:
                                                             shared by every size (the planner counts it);
                                                             verify: its own [size * T, V] buffer
     hidden[i]                                               verify: static copies of the captured layers
+    sampled ids, their logprob                              decode with the engine's sampling settings
+                                                            (static per-row temperature / top-k / top-p /
+                                                            seed / step): argmax or sample_rows, then the
+                                                            chosen token's logprob, inside the graph
 
 Padding rows (seq_len 0) write no KV (slot -1) and attend to a dummy context whose output is discarded.
 Capture happens on first use after two warm-up runs on a side stream (Triton compiles, cuBLAS chooses its
@@ -46,7 +50,7 @@ class StepGraphs:
     def __init__(self, net, max_batch: int, mode):
         """net: the PagedModel; mode: True (CUDA graphs) or "replay" (the CPU stand-in)."""
         self.net, self.max_batch, self.mode = net, max_batch, mode
-        self.graphs: dict[tuple[int, int, tuple[int, ...]], tuple] = {}  # (size, T, layers) -> (graph, bufs)
+        self.graphs: dict[tuple, tuple] = {}  # (size, T, layers, sampling mode) -> (graph, bufs)
         self.captures = 0
         self.logits: torch.Tensor | None = None  # [max_batch, V] fp32, the decode graphs' shared output
         self._pool = None
@@ -68,30 +72,37 @@ class StepGraphs:
         self.graphs.clear()
 
     def run(self, input_ids: torch.Tensor, cache: PagedKVCache, capture_layers: tuple[int, ...],
-            last_only: bool) -> ForwardOutput:
-        """input_ids [B, T] (cache.reserve(T) done) -> ForwardOutput like PagedModel.__call__ (cache not advanced)."""
+            last_only: bool, sampling=None) -> ForwardOutput:
+        """input_ids [B, T] (cache.reserve(T) done) -> ForwardOutput like PagedModel.__call__ (cache not advanced).
+        sampling (decode only): ("greedy", None) or ("sample", engine.sampling.sampling_tensors(...) of the B
+        rows); the sampled ids [B] and their logprobs [B] come back as out.sampled."""
         B, T = input_ids.shape
         if self._generation != cache.pool.generation:  # the pool grew: graphs hold old addresses
             self.graphs.clear()
             self._generation = cache.pool.generation
         size = next(s for s in GRAPH_BATCHES + (self.max_batch,) if s >= B)
-        key = (size, T, tuple(capture_layers))
+        mode = "logits" if sampling is None else sampling[0]
+        key = (size, T, tuple(capture_layers), mode)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(size, T, key[2], cache.pool)
+            self.graphs[key] = self._capture(size, T, key[2], mode, cache.pool)
             self.captures += 1
-        graph, (ids, seq_lens, table, logits, hidden) = self.graphs[key]
+        graph, (ids, seq_lens, table, logits, hidden, knobs, picked, picked_lp) = self.graphs[key]
         lens = torch.tensor(cache.row_lens, dtype=torch.int32).to(self.net.device, non_blocking=True)
         ids.view(size, T)[:B].copy_(input_ids)
         seq_lens[:B].copy_(lens + T)
         table[:B, : cache.max_blocks].copy_(cache.block_table)
         seq_lens[B:].fill_(0)  # padding rows: slot -1 (no write), output discarded
+        if mode == "sample":
+            for buf, val in zip(knobs, sampling[1]):
+                buf[:B].copy_(val)
         graph.replay()
         out = logits[: B * T].view(B, T, -1)
         out = ForwardOutput(logits=(out[:, -1:] if last_only else out).clone())
         out.hidden = {i: buf[: B * T].view(B, T, -1).clone() for i, buf in hidden.items()}
+        out.sampled = None if mode == "logits" else (picked[:B].clone(), picked_lp[:B].clone())
         return out
 
-    def _capture(self, size: int, T: int, layers: tuple[int, ...], pool: BlockPool):
+    def _capture(self, size: int, T: int, layers: tuple[int, ...], mode: str, pool: BlockPool):
         net = self.net
         dev, bs, width = net.device, net.block_size, self.width
         ids = torch.zeros(size * T, dtype=torch.long, device=dev)
@@ -104,6 +115,12 @@ class StepGraphs:
         else:
             logits = torch.empty(size * T, net.cfg.vocab_size, dtype=torch.float32, device=dev)
         hidden = {i: torch.empty(size * T, net.cfg.hidden_size, dtype=net.dtype, device=dev) for i in layers}
+        # sampling inputs (padding rows: greedy, so they never sort) and outputs
+        knobs = (torch.ones(size, device=dev), torch.ones(size, dtype=torch.int64, device=dev),
+                 torch.ones(size, device=dev), torch.ones(size, dtype=torch.bool, device=dev),
+                 torch.zeros(size, dtype=torch.int64, device=dev), torch.zeros(size, dtype=torch.int64, device=dev))
+        picked = torch.zeros(size, dtype=torch.int64, device=dev)
+        picked_lp = torch.zeros(size, dtype=torch.float32, device=dev)
 
         def step_from_buffers() -> StepInput:
             valid = seq_lens > 0
@@ -122,8 +139,13 @@ class StepGraphs:
             logits.copy_(net._logits(h, cast=False))  # the fp32 cast is this copy
             for i in layers:
                 hidden[i].copy_(out.hidden[i])
+            if mode != "logits":
+                from angelcli.engine.sampling import sample_rows
 
-        bufs = (ids, seq_lens, table, logits, hidden)
+                picked.copy_(logits.argmax(dim=-1) if mode == "greedy" else sample_rows(logits, *knobs))
+                picked_lp.copy_(torch.log_softmax(logits, dim=-1).gather(1, picked[:, None]).squeeze(1))
+
+        bufs = (ids, seq_lens, table, logits, hidden, knobs, picked, picked_lp)
         if self.mode == "replay" or dev.type != "cuda":
             return _EagerReplay(run), bufs
         stream = torch.cuda.Stream()

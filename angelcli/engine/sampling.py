@@ -113,12 +113,23 @@ def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.
 def sample_batch(logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], step: int) -> torch.Tensor:
     """logits [b, V] fp32 -> ids [b] int64: greedy rows take the argmax, the others sample from their own
     temperature / top-k / top-p filtered softmax (same filter as filter_logits) with counter-based noise."""
-    b, V = logits.shape
-    dev = logits.device
-    temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=dev)
-    top_k = torch.tensor([p.top_k if 0 < p.top_k < V else V for p in params], device=dev)
-    top_p = torch.tensor([p.top_p for p in params], device=dev)
-    greedy = torch.tensor([p.greedy for p in params], device=dev)
+    return sample_rows(logits, *sampling_tensors(params, seeds, step, logits.shape[-1], logits.device))
+
+
+def sampling_tensors(params: list[SamplingParams], seeds: list[int], step: int, vocab: int, device):
+    """Per-row settings as tensors: (temps [b] f32, top_k [b] i64, top_p [b] f32, greedy [b] bool,
+    seeds [b] i64, steps [b] i64) (static graph inputs take them by copy)."""
+    return (torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device),
+            torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device),
+            torch.tensor([p.top_p for p in params], device=device),
+            torch.tensor([p.greedy for p in params], device=device),
+            torch.tensor(seeds, dtype=torch.int64, device=device),
+            torch.full((len(params),), step, dtype=torch.int64, device=device))
+
+
+def sample_rows(logits: torch.Tensor, temps: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                greedy: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """sample_batch on tensors only (no host values, so it can run inside a CUDA graph)."""
     scaled = logits / temps[:, None]
     vals, order = scaled.sort(dim=-1, descending=True)  # [b, V]
     kth = vals.gather(1, (top_k - 1)[:, None])  # ties with the k-th value stay, as in filter_logits
@@ -126,7 +137,6 @@ def sample_batch(logits: torch.Tensor, params: list[SamplingParams], seeds: list
     probs = vals.softmax(dim=-1)
     drop = (probs.cumsum(dim=-1) - probs) >= top_p[:, None]  # the best token always survives
     vals = vals.masked_fill(drop & (top_p < 1.0)[:, None], float("-inf"))
-    noise = gumbel_noise(torch.tensor(seeds, dtype=torch.int64, device=dev),
-                         torch.full((b,), step, dtype=torch.int64, device=dev), V).gather(1, order)
+    noise = gumbel_noise(seeds, steps, logits.shape[-1]).gather(1, order)
     picked = order.gather(1, (vals + noise).argmax(dim=-1, keepdim=True)).squeeze(1)
     return torch.where(greedy, logits.argmax(dim=-1), picked)

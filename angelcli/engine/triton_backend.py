@@ -144,13 +144,15 @@ class PagedModel:
 
     # ---- forward ----
     def __call__(self, input_ids: torch.Tensor, cache: PagedKVCache, *, capture_layers: tuple[int, ...] = (),
-                 return_router: bool = False, last_only: bool = False) -> ForwardOutput:
-        """input_ids [B, T] -> ForwardOutput (logits [B, T or 1, V] fp32); the cache advances by T."""
+                 return_router: bool = False, last_only: bool = False, sampling=None) -> ForwardOutput:
+        """input_ids [B, T] -> ForwardOutput (logits [B, T or 1, V] fp32); the cache advances by T.
+        sampling: ("greedy", None) | ("sample", engine.sampling.sampling_tensors(...)); on the graph path the
+        sampled ids and their logprobs are computed inside the graph and set as out.sampled (else None)."""
         B, T = input_ids.shape
         n_new = T
         cache.reserve(T)
         if self.graphs is not None and self.graphs.usable(B, T, cache, capture_layers, return_router, last_only):
-            out = self.graphs.run(input_ids, cache, tuple(capture_layers), last_only)
+            out = self.graphs.run(input_ids, cache, tuple(capture_layers), last_only, sampling if T == 1 else None)
             cache.advance(T)
             return out
         step = cache.step_input(T)
@@ -161,6 +163,7 @@ class PagedModel:
             T = 1
         out.logits = self._logits(h).view(B, T, -1)
         out.hidden = {i: x.view(B, -1, x.shape[-1]) for i, x in out.hidden.items()}
+        out.sampled = None
         cache.advance(n_new)
         return out
 
