@@ -97,7 +97,10 @@ class StepGraphs:
                 buf[:B].copy_(val)
         graph.replay()
         out = logits[: B * T].view(B, T, -1)
-        out = ForwardOutput(logits=(out[:, -1:] if last_only else out).clone())
+        out = out[:, -1:] if last_only else out
+        # with sampling done in the graph the caller reads the logits (top-k logprobs) before the next step:
+        # a view of the static buffer then, instead of copying [B, V] fp32 every step
+        out = ForwardOutput(logits=out if sampling is not None else out.clone())
         out.hidden = {i: buf[: B * T].view(B, T, -1).clone() for i, buf in hidden.items()}
         out.sampled = None if mode == "logits" else (picked[:B].clone(), picked_lp[:B].clone())
         return out
