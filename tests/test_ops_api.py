@@ -216,3 +216,34 @@ def test_dispatch_on_cpu_uses_the_twin_by_default(monkeypatch):
     w, ids = ops.route(logits, None, 2, n_group=4, topk_group=2)
     w2, ids2 = ref.route(logits, None, 2, n_group=4, topk_group=2)
     assert torch.equal(ids, ids2) and torch.equal(w, w2)
+
+
+def test_meta_device_step_records_hits_for_a_named_device():
+    # what `angel bench --count-launches --device-name ...` does: wrappers on meta tensors, lookups recorded
+    from angelcli.ops.fp8 import fp8_gemm
+    from angelcli.ops.moe import fused_moe
+
+    meta, f8, bf = torch.device("meta"), torch.float8_e4m3fn, torch.bfloat16
+    with tuning.device_override("NVIDIA H20"), tuning.record_lookups() as looks:
+        x = torch.empty(1, 4096, dtype=bf, device=meta)
+        fp8_gemm(x, torch.empty(2560, 4096, dtype=f8, device=meta), torch.empty(20, 32, device=meta))  # qkv tp2
+        fused_moe(x, torch.empty(257, 1024, 4096, dtype=f8, device=meta), torch.empty(257, 4096, 512, dtype=f8,
+                  device=meta), torch.empty(1, 9, device=meta), torch.empty(1, 9, dtype=torch.int32, device=meta),
+                  w13_scale=torch.empty(257, 8, 32, device=meta), w2_scale=torch.empty(257, 32, 4, device=meta))
+        fp8_gemm(x, torch.empty(4096, 4096, dtype=f8, device=meta), torch.empty(32, 32, device=meta))
+    assert [(lk["kernel"], lk["hit"]) for lk in looks] == [("fp8_gemm", True), ("fused_moe", True),
+                                                           ("fp8_gemm", True)]
+    assert looks[1]["file"] == "E=257,N=512,device_name=NVIDIA_H20,dtype=fp8_w8a8,block_shape=[128,128].json"
+    with tuning.device_override("NVIDIA H20"), tuning.record_lookups() as looks:
+        fp8_gemm(x, torch.empty(4000, 4096, dtype=f8, device=meta), torch.empty(32, 32, device=meta))
+    assert not looks[0]["hit"] and looks[0]["reason"] == "missing"
+
+
+def test_shipped_configs_are_what_the_generator_writes(tmp_path):
+    from angelcli.ops import derive_configs
+
+    assert derive_configs.main(["--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert written == sorted(p.name for p in tuning.CONFIG_DIR.glob("*.json"))
+    for name in written:
+        assert (tmp_path / name).read_text() == (tuning.CONFIG_DIR / name).read_text(), name

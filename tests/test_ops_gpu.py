@@ -1,7 +1,8 @@
 """GPU suite (`just gpu-check`): compiled kernels vs twins on a CUDA device. Skipped without one.
 
 Test weights are generated on the GPU (cases.randn), so a real-width case costs seconds, not the
-40-120 s of building 3.2 G expert parameters on the CPU. The same cases as the interpreter tests, plus sizes the interpreter is too slow for: the real
+40-120 s of building 3.2 G expert parameters on the CPU. The same cases as the interpreter tests,
+plus sizes the interpreter is too slow for: the real
 AntAngelMed widths (H 4096, I 1024, 256 experts, top-8, 32/4 heads of 128) at decode and prefill token
 counts, long paged contexts for split-K decode, and every shipped launch config on the device it is for.
 Throughput is measured by angelcli/ops/bench.py (`just bench-kernels`), not here.
@@ -63,3 +64,22 @@ def test_shipped_configs_for_this_device_run():
     if not rows:
         pytest.skip(f"no shipped configs for {dev}")
     assert all(r["ok"] for r in rows), [(r["name"], r["failures"]) for r in rows if not r["ok"]]
+
+
+@pytest.mark.parametrize("t", [1, 33])
+def test_fused_moe_prequantized_and_shared_expert_real_width(t):
+    from angelcli import ops
+
+    kw = cases.moe_inputs(t, 256, 8, 4096, 1024, "fp8_block", device="cuda", n_group=8, topk_group=4)
+    want = ops.fused_moe(**kw)
+    assert torch.equal(ops.fused_moe(**{**kw, "x": ops.quantize_act_fp8(kw["x"])}), want)
+    g, u = cases.randn(1024, 4096, seed=21, scale=1 / 64, device="cuda"), cases.randn(1024, 4096, seed=22, scale=1 / 64,
+                                                                                        device="cuda")
+    d = cases.randn(4096, 1024, seed=23, scale=1 / 32, device="cuda")
+    (gq, gs), (uq, us), (dq, ds) = (cases.quantize_weight_block(w) for w in (g, u, d))
+    w13c, w2c, s13, s2, n = ops.append_shared_expert(kw["w13"], kw["w2"], gq, uq, dq, w13_scale=kw["w13_scale"],
+                                                     w2_scale=kw["w2_scale"], gate_scale=gs, up_scale=us, down_scale=ds)
+    w, ids = ops.shared_expert_routing(kw["topk_weights"], kw["topk_ids"], 256, n)
+    combined = dict(x=kw["x"], w13=w13c, w2=w2c, topk_weights=w, topk_ids=ids, w13_scale=s13, w2_scale=s2)
+    twin = ops.reference.fused_moe(**combined)
+    assert cases.max_err(ops.fused_moe(**combined), twin) <= cases.bf16_tol(twin, cases.RTOL["fp8"])

@@ -6,7 +6,10 @@ import typer
 
 
 def tune(
-    kind: str = typer.Option("moe", "--kind", help="moe (fused_moe, E=256, I=1024) or gemm (fp8_gemm, needs --n/--k)."),
+    kind: str = typer.Option("moe", "--kind", help="moe (fused_moe, --experts x --inter) or gemm (fp8_gemm, "
+                             "needs --n/--k)."),
+    experts: int = typer.Option(256, "--experts", help="moe: experts E (257 = with the shared expert appended)."),
+    inter: int = typer.Option(1024, "--inter", help="moe: expert width I of this TP shard (1024 / tp)."),
     quant: str = typer.Option("fp8_block", "--quant", help="bf16, fp8_block or fp8_channel."),
     n: int = typer.Option(None, "--n", help="gemm: weight rows N (e.g. 5120 for query_key_value)."),
     k: int = typer.Option(None, "--k", help="gemm: weight columns K (e.g. 4096)."),
@@ -30,7 +33,9 @@ def tune(
         raise UsageError("tune: --kind gemm needs --n, --k and an fp8 --quant")
     if not torch.cuda.is_available():
         raise ResourceError("tune: needs a CUDA GPU (none visible to torch)")
-    path = run_tune(kind, quant, Path(out or "kernel-configs"), n=n, k=k, progress=log)
+    if experts < 1 or inter < 16:
+        raise UsageError(f"tune: --experts {experts} / --inter {inter}: expected >= 1 and >= 16")
+    path = run_tune(kind, quant, Path(out or "kernel-configs"), n=n, k=k, progress=log, experts=experts, inter=inter)
     if json_out:
         emit_json({"path": str(path)})
     else:

@@ -6,7 +6,8 @@ attention should be judged by bytes/s, prefill GEMMs by FLOP/s. Bytes count what
 once (the weights of every expert actually hit, the KV cache up to seq_len) plus the outputs written.
 
 Tuning sweeps candidate tiles per token count, keeps those whose shared memory fits, times each from
-CUDA-graph replays (triton.testing.do_bench_cudagraph) and writes the fastest per M as a config file (angelcli/ops/tuning.py format) into
+CUDA-graph replays (triton.testing.do_bench_cudagraph) and writes the fastest per M as a config file
+(angelcli/ops/tuning.py format) into
 $ANGEL_KERNEL_CONFIG_DIR or the directory given, never into the installed package.
 Nothing here runs without a GPU; none of it was run when this file was written (no GPU was available).
 """
@@ -130,21 +131,21 @@ def candidates(quant: str, gated: bool) -> list[dict]:
 
 
 def tune(kind: str, quant: str, out_dir: Path, ms: tuple[int, ...] = MOE_M, n: int | None = None,
-         k: int | None = None, progress=None) -> Path:
-    """Benchmark candidates per M for fused_moe (E=256, I=1024) or fp8_gemm (N x K); write the JSON file."""
+         k: int | None = None, progress=None, experts: int = cases.E, inter: int = cases.INTER) -> Path:
+    """Benchmark candidates per M for fused_moe (E experts of width I: 256 x 1024 at TP1, I/tp per TP shard;
+    257 with the shared expert appended) or fp8_gemm (N x K); write the JSON file."""
     from angelcli.ops.fp8 import fp8_gemm
     from angelcli.ops.moe import fused_moe
-    from angelcli.ops.tuning import device_name, gemm_config_name, moe_config_name
+    from angelcli.ops.tuning import FORMAT, device_name, gemm_config_name, moe_config_name
 
     dev = device_name()
-    from angelcli.ops.tuning import FORMAT
 
     table = {"_format": FORMAT, "_provenance": f"measured by angel tune on {dev}, {datetime.date.today().isoformat()}, "
                             f"triton {__import__('triton').__version__}"}
     for m in ms:
         if kind == "moe":
-            kw = cases.moe_inputs(m, cases.E, cases.TOP_K, cases.H, cases.INTER, quant, device="cuda", n_group=8,
-                                  topk_group=4)
+            kw = cases.moe_inputs(m, experts, cases.TOP_K, cases.H, inter, quant, device="cuda",
+                                  n_group=8 if experts % 8 == 0 else 1, topk_group=4 if experts % 8 == 0 else 1)
             run = lambda cfg: fused_moe(**kw, config=cfg)
             want = ref.fused_moe(**kw)
         else:
@@ -169,7 +170,7 @@ def tune(kind: str, quant: str, out_dir: Path, ms: tuple[int, ...] = MOE_M, n: i
         table[str(m)] = best[1]
         if progress:
             progress(f"M={m}: {best[0]:.4f} ms with {best[1]}")
-    name = moe_config_name(cases.E, cases.INTER, dev, quant) if kind == "moe" else gemm_config_name(n, k, dev, quant)
+    name = moe_config_name(experts, inter, dev, quant) if kind == "moe" else gemm_config_name(n, k, dev, quant)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / name
     path.write_text(json.dumps(table, indent=1) + "\n")

@@ -18,7 +18,8 @@ Compiles are deduplicated per (kernel, constexprs, warps, stages) across all row
 cost one compile.
 
 Failure (exit 1): an error above tolerance, a kernel that does not compile, shared memory over the
-limit, a kernel that spills registers, or an FP8 GEMM with BLOCK_M >= 64 that does not use wgmma e4m3 (below 64, f16 mma.sync is the
+limit, a kernel that spills registers, or an FP8 GEMM with BLOCK_M >= 64 that does not use wgmma e4m3
+(below 64, f16 mma.sync is the
 expected instruction; shared/spec/fp8.md Part D).
 """
 

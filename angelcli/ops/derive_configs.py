@@ -18,11 +18,12 @@ The rule (until `angel tune` measures on the device; every file says so in "_pro
     / 64 weight rows whose GEMM1 grid (M blocks x I/(BLOCK_N/2) tiles) still gives 2 CTAs per SM
     (decode is memory-bound: enough loads in flight matters more than tile reuse), else 64.
   * dense FP8 GEMM: BLOCK_M 16 / 32 / 64 / 128 for M <= 16 / 32 / 512 / above; BLOCK_N = the widest
-    of 256 / 128 / 64 / 32 / 16 that still gives one CTA per SM (else 16), capped at 128 when BLOCK_M is 128 (a
-    128x256 tile spills registers on sm_90, checked by `angel kernels --check`).
-  * num_warps 8 for MoE tiles of >= 32x256 and GEMM tiles of >= 64x256 or 128x128, else 4; num_stages as many as fit in 3/4 of the
-    227 KB shared memory, 5 at most while memory-bound (BLOCK_M <= 32), 3 for the 64+ row tiles
-    (registers); GROUP_SIZE_M 1 while there are fewer M blocks than 8, else 8 (L2 reuse of weights).
+    of 256 / 128 / 64 / 32 / 16 that still gives one CTA per SM (else 16), capped at 128 when BLOCK_M
+    is 128 (a 128x256 tile spills registers on sm_90, checked by `angel kernels --check`).
+  * num_warps 8 for MoE tiles of >= 32x256 and GEMM tiles of >= 64x256 or 128x128, else 4; num_stages
+    as many as fit in 3/4 of the 227 KB shared memory, 5 at most while memory-bound (BLOCK_M <= 32), 3
+    for the 64+ row tiles (registers); GROUP_SIZE_M 1 while there are fewer M blocks than 8, else 8
+    (L2 reuse of weights).
   * BLOCK_K 128 for FP8 (one activation group per K step), 64 for bf16.
 """
 
@@ -189,7 +190,8 @@ def derive_table(lk: Lookup, device: str, cfg, used_by: str | None = None) -> di
     sms = device_sms(device)
     table: dict = {"_format": FORMAT,
                    "_provenance": f"derived by rule (angelcli/ops/derive_configs.py) for {device} ({sms} SMs, "
-                                  f"{SMEM_SM90 // 1024} KB shared memory), not measured; used by: {used_by or lk.what}; "
+                                  f"{SMEM_SM90 // 1024} KB shared memory), not measured; "
+                                  f"used by: {used_by or lk.what}; "
                                   f"regenerate with `python -m angelcli.ops.derive_configs`, measure with "
                                   f"`angel tune`"}
     for m in M_POINTS:

@@ -199,7 +199,7 @@ def fused_moe(x, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor
     t, hdim = x.shape
     inter = w13.shape[1] // 2
     k = topk_ids.shape[1]
-    dt = torch.bfloat16 if x.dtype == torch.float8_e4m3fn else x.dtype  # float32 runs stay float32 (exactness)
+    dt = torch.bfloat16 if x.dtype == torch.float8_e4m3fn else x.dtype  # float32 models run the twin in fp32
     ys = torch.zeros(t, k, hdim, dtype=dt, device=x.device)
     for ex in torch.unique(topk_ids).tolist():
         rows, slots = torch.nonzero(topk_ids == ex, as_tuple=True)
