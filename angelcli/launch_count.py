@@ -139,7 +139,8 @@ def _count(cfg, tp: int, batch: int, context: int, prefill: bool) -> tuple[Count
 
     group = _Counting(tp) if tp > 1 else None
     model = meta_model(cfg, group.tp if group else None)
-    kv = batch * (context + 8) + PREFILL_CHUNK + 8 + 64  # a fixed pool, as on CUDA (no growth copies)
+    blocks = batch * (-(-(context + 8) // 16) + 1) + -(-(PREFILL_CHUNK + 8) // 16) + 1
+    kv = 16 * blocks  # a fixed pool holding both caches, as on CUDA (no growth copies)
     net = PagedModel(model, cfg, ops="triton", cuda_graphs="replay", max_seq_len=context + PREFILL_CHUNK + 8,
                      graph_max_batch=max(batch, 1), kv_tokens=kv)
 

@@ -51,6 +51,6 @@ def test_count_launches_usage_errors(run):
 def test_config_misses_name_the_files_a_device_lacks():
     from angelcli.launch_count import count_launches
 
-    rep = count_launches("antangelmed-fp8", tp=1, device_name="Made Up GPU")
+    rep = count_launches("antangelmed-fp8", tp=1, batch=3, device_name="Made Up GPU")
     assert rep["config_misses"] and all("device_name=Made_Up_GPU" in m for m in rep["config_misses"])
     assert any(m.startswith("E=257,N=1024,") for m in rep["config_misses"])  # routed + shared expert
