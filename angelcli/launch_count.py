@@ -136,13 +136,14 @@ def _count(cfg, tp: int, batch: int, context: int, prefill: bool) -> tuple[Count
 
     from angelcli.engine.triton_backend import PagedModel
     from angelcli.ops._runtime import record_launches
+    from angelcli.planner import GRAPH_MAX_BATCH
 
     group = _Counting(tp) if tp > 1 else None
     model = meta_model(cfg, group.tp if group else None)
     blocks = batch * (-(-(context + 8) // 16) + 1) + -(-(PREFILL_CHUNK + 8) // 16) + 1
     kv = 16 * blocks  # a fixed pool holding both caches, as on CUDA (no growth copies)
     net = PagedModel(model, cfg, ops="triton", cuda_graphs="replay", max_seq_len=context + PREFILL_CHUNK + 8,
-                     graph_max_batch=max(batch, 1), kv_tokens=kv)
+                     graph_max_batch=max(batch, GRAPH_MAX_BATCH), kv_tokens=kv)
 
     def counted(run) -> Counter:
         mode = _count_aten()

@@ -80,7 +80,7 @@ class StepGraphs:
         if self._generation != cache.pool.generation:  # the pool grew: graphs hold old addresses
             self.graphs.clear()
             self._generation = cache.pool.generation
-        size = next(s for s in GRAPH_BATCHES + (self.max_batch,) if s >= B)
+        size = next(s for s in [s for s in GRAPH_BATCHES if s < self.max_batch] + [self.max_batch] if s >= B)
         mode = "logits" if sampling is None else sampling[0]
         key = (size, T, tuple(capture_layers), mode)
         if key not in self.graphs:
