@@ -51,6 +51,15 @@ class Runtime:
             self._tokenizer = load_tokenizer(self.model_dir)
         return self._tokenizer
 
+    def attach_draft(self, required: bool = False, *, draft: str | None = None, k: int = 3) -> str | None:
+        """Speculate with this model's EAGLE3 draft from now on (angelcli.eagle.attach.attach_draft); the draft
+        directory, or None when none is recorded (an error when required)."""
+        from angelcli.eagle.attach import attach_draft
+
+        found = attach_draft(self.engine, self.model_dir, required, draft=draft, k=k)
+        self.draft_dir = None if found is None else Path(found)
+        return found
+
     def close(self) -> None:
         """Stop the tensor-parallel workers (no-op for one process)."""
         if self.launch is not None:

@@ -125,6 +125,7 @@ def test_tiny_train_command_writes_a_loadable_checkpoint_and_reports(tmp_path, c
 def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tiny):
     """The EAGLE3 draft beside angel-tiny was trained on this angel-tiny (a retrained model invalidates it):
     it attaches as required, reproduces plain greedy token for token, and is accepted well above chance."""
+    from angelcli.eagle.attach import attach_draft
     from angelcli.engine import Engine, SamplingParams
     from angelcli.tokenizer import build_messages, encode, render_chat
 
@@ -133,7 +134,7 @@ def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tin
     params = SamplingParams(max_new_tokens=64, stop_ids=eos)
     prompts = ["What are common symptoms of type 2 diabetes?", "晚上总是睡不着有什么办法？"]
     plain, spec = Engine(model, cfg), Engine(model, cfg)
-    assert spec.attach_draft(TINY_DIR, required=True) is not None
+    assert attach_draft(spec, TINY_DIR, required=True) is not None
     drafted = accepted = 0
     for q in prompts:
         ids = encode(tok, render_chat(tok, build_messages(q)))

@@ -259,9 +259,10 @@ def test_paged_cache_across_block_boundaries(target):
 
 
 def test_engine_attach_draft_contract(target, tmp_path):
-    """Engine.attach_draft(model_dir, required) (the hook chat calls): generate() then speculates, with
-    identical greedy output and mean_acceptance_length in last_stats; generate_batch stays plain."""
-    from angelcli.eagle.attach import LINK_FILE, LINK_FORMAT
+    """eagle.attach.attach_draft(engine, model_dir, required) (what Runtime.attach_draft, the hook chat calls,
+    runs): generate() then speculates, with identical greedy output and mean_acceptance_length in
+    last_stats; generate_batch stays plain."""
+    from angelcli.eagle.attach import LINK_FILE, LINK_FORMAT, attach_draft
     from angelcli.eagle.export import export_draft
     from angelcli.errors import UsageError
     from angelcli.fixtures import write_tiny_checkpoint
@@ -270,12 +271,12 @@ def test_engine_attach_draft_contract(target, tmp_path):
     model, cfg = target
     eng = Engine(model, cfg)
     with pytest.raises(UsageError):
-        eng.attach_draft(tmp_path, required=True)  # nothing recorded there
-    assert eng.attach_draft(tmp_path) is None and eng.speculator is None
+        attach_draft(eng, tmp_path, required=True)  # nothing recorded there
+    assert attach_draft(eng, tmp_path) is None and eng.speculator is None
     export_draft(random_draft(model, cfg), tmp_path / "d", dtype="float32")
     (tmp_path / LINK_FILE).write_text(json.dumps({"format": LINK_FORMAT, "draft": "d"}))
     want = plain(eng, [5, 6, 7], 20)
-    assert eng.attach_draft(tmp_path, required=True) == str((tmp_path / "d").resolve())
+    assert attach_draft(eng, tmp_path, required=True) == str((tmp_path / "d").resolve())
     assert [s.token_id for s in eng.generate([5, 6, 7], SamplingParams(max_new_tokens=20))] == want
     assert eng.last_stats.mean_acceptance_length >= 1 and eng.last_stats.generated_tokens == 20
     got = [st.token_id for _, st in eng.generate_batch([[5, 6, 7]], SamplingParams(max_new_tokens=20))]

@@ -106,13 +106,16 @@ class Message:
 def attach_draft(rt, want: bool | None) -> str | None:
     """Speculative-decoding hook for `--draft` / `--no-draft` (the EAGLE3 work, issue 10, fills it in).
 
-    Contract: an engine with draft support has `attach_draft(model_dir, required: bool) -> str | None`
-    (a description of the draft it attached, or None when the model has none recorded), and during a run
-    its `last_stats` carries `mean_acceptance_length`. want=None uses the model's recorded draft if any,
-    True requires one, False runs without.
+    Contract: the runtime (angelcli.runtime.Runtime) has `attach_draft(required: bool) -> str | None`
+    (the draft it attached, or None when the model has none recorded); other runtimes may offer the older
+    engine hook `engine.attach_draft(model_dir, required)`. During a run the engine's `last_stats` carries
+    `mean_acceptance_length`. want=None uses the model's recorded draft if any, True requires one, False
+    runs without.
     """
     if want is False:
         return None
+    if callable(getattr(rt, "attach_draft", None)):
+        return rt.attach_draft(required=bool(want))
     hook = getattr(getattr(rt, "engine", None), "attach_draft", None)
     if hook is None:
         if want:

@@ -36,6 +36,11 @@ def bench(
                                       "against the upstream-shaped reference in tests/: float32, greedy, "
                                       "--tokens (default 128) tokens, identical tokens required (exit 1)."),
     threads: int = typer.Option(1, "--threads", envvar="ANGEL_THREADS", help="CPU threads for --vs-reference."),
+    count_launches: bool = typer.Option(False, "--count-launches", help="Count the kernels one decode step and "
+                                        "one 4096-token prefill chunk launch (meta device: no weights, no GPU)."),
+    batch: int = typer.Option(1, "--batch", help="--count-launches: decode batch size."),
+    device_name: str = typer.Option("NVIDIA H20", "--device-name", envvar="ANGEL_DEVICE_NAME",
+                                    help="--count-launches: GPU whose launch configs are looked up."),
 ) -> None:
     """Measure prefill and decode throughput at batch 1/32 and context 1K/32K, BF16 and FP8, with the
     decode step as a fraction of the memory-bandwidth roofline. On CPU everything is scaled down.
@@ -44,8 +49,8 @@ def bench(
       angel bench
       angel bench antangelmed-fp8 --tp 2 --json
       angel bench --vs-reference --threads 1   (angel-tiny CPU decode vs the upstream-shaped reference)
+      angel bench antangelmed-fp8 --count-launches --tp 2 --device-name "NVIDIA H200" --json
     """
-    from angelcli.bench import run_bench
     from angelcli.console import emit_json, log
 
     if vs_reference:
@@ -60,6 +65,22 @@ def bench(
         if not rep["identical"]:
             raise CheckFailed("the torch backend's greedy tokens differ from the reference's")
         return
+    if count_launches:
+        from angelcli.errors import UsageError
+        from angelcli.launch_count import count_launches as count
+
+        if model is None:
+            raise UsageError("--count-launches needs MODEL (e.g. antangelmed-fp8)")
+        rep = count(model, tp=tp, batch=batch, device_name=device_name)
+        if json_out:
+            emit_json(rep)
+        else:
+            typer.echo(f"{model} TP {tp} batch {batch} on {device_name}: {rep['kernels_per_step']} kernels per "
+                       f"decode step, {rep['kernels_per_moe_layer']} per MoE layer (+ "
+                       f"{rep['collectives_per_moe_layer']} collectives), {rep['kernels_per_prefill_chunk']} per "
+                       f"4096-token prefill chunk; {len(rep['config_misses'])} launch-config misses")
+        return
+    from angelcli.bench import run_bench
 
     if tokens is not None and tokens < 2:
         from angelcli.errors import UsageError

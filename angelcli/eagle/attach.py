@@ -16,7 +16,8 @@ angel-draft.json may carry `measured.<cpu|cuda>` from `angel draft-eval --record
 above 1; without a record a CUDA run speculates (EAGLE3's regime: decode is memory-bound, so verifying k+1
 tokens costs about one step) and a CPU run decodes plainly (a small model on a CPU is compute-bound, where
 verification costs ~k+1 steps; angel-tiny's draft measured 0.8x there).
-`enable_draft` gives the engine its speculator (Engine.attach_draft, open_runtime(use_draft=...)).
+`enable_draft` / `attach_draft` give an engine its speculator (Runtime.attach_draft, open_runtime(use_draft=...));
+the engine itself never imports this package.
 """
 
 from __future__ import annotations
@@ -316,3 +317,15 @@ def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str 
     d.set_embedding(engine.model.model.word_embeddings)
     engine.speculator = SpeculativeEngine(engine, d, k=k)
     return draft_dir
+
+
+def attach_draft(engine, model_dir, required: bool = False, *, draft: str | None = None, k: int = 3,
+                 model_spec: str | None = None) -> str | None:
+    """Speculate with the EAGLE3 draft recorded for model_dir (or `draft`) from now on: engine.generate()
+    then runs chain drafting + verification with identical greedy output, and last_stats gains
+    mean_acceptance_length. Returns the draft's directory, or None when there is none (an error when
+    required). Batches of several requests (generate_batch) keep decoding without the draft.
+    (Lives here, not on Engine: the engine never imports draft code; the runtime attaches.)"""
+    found = enable_draft(engine, model_dir, use_draft=True if required else None, draft=draft, k=k,
+                         model_spec=model_spec)
+    return None if found is None else str(found)

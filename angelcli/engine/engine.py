@@ -31,7 +31,7 @@ import torch
 
 from angelcli.config import ModelConfig
 from angelcli.engine.kv_cache import KVCache
-from angelcli.engine.sampling import SamplingParams, make_generator, sample, step_logprobs
+from angelcli.engine.sampling import SamplingParams, sample_batch, sampling_tensors, step_logprobs
 from angelcli.errors import UsageError
 
 
@@ -75,14 +75,15 @@ class Engine:
         self.tp = getattr(model, "tp", None)
         self.last_stats = GenerationStats()
         self.batch_stats: list[GenerationStats] = []
-        self.speculator = None  # angelcli.eagle.speculative.SpeculativeEngine once a draft is attached
+        self.speculator = None  # set by angelcli.eagle.attach (a SpeculativeEngine); generate() delegates
         if backend == "torch":
             self.net = model
         elif backend == "triton":
             from angelcli.engine.triton_backend import PagedModel
 
             paged_ops = paged_ops or os.environ.get("ANGEL_PAGED_OPS", "triton")
-            self.net = PagedModel(model, cfg, ops=paged_ops, kv_tokens=kv_tokens, cuda_graphs=cuda_graphs)
+            self.net = PagedModel(model, cfg, ops=paged_ops, kv_tokens=kv_tokens, cuda_graphs=cuda_graphs,
+                                  max_seq_len=self.max_seq_len)
         else:
             raise UsageError(f"--backend must be torch or triton, not {backend!r}")
 
@@ -130,18 +131,8 @@ class Engine:
         if bad:
             raise UsageError(f"token id {bad[0]} is outside the vocabulary (0..{self.cfg.vocab_size - 1})")
 
-    # ---- speculative decoding (angelcli/eagle) ----
-    def attach_draft(self, model_dir, required: bool = False, *, draft: str | None = None, k: int = 3,
-                     model_spec: str | None = None) -> str | None:
-        """Speculate with the EAGLE3 draft recorded for model_dir (or `draft`) from now on: generate() then
-        runs chain drafting + verification with identical greedy output, and last_stats gains
-        mean_acceptance_length. Returns the draft's directory, or None when there is none (an error when
-        required). Batches of several requests (generate_batch) keep decoding without the draft."""
-        from angelcli.eagle.attach import enable_draft
-
-        found = enable_draft(self, model_dir, use_draft=True if required else None, draft=draft, k=k,
-                             model_spec=model_spec)
-        return None if found is None else str(found)
+    # Speculative decoding: angelcli.eagle.attach.attach_draft(engine, ...) sets `speculator` (the engine
+    # never imports draft code: the draft package imports the engine, not the other way round).
 
     # ---- generation ----
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StepOutput]:
@@ -206,17 +197,23 @@ class Engine:
         start = time.perf_counter()
         B = len(rows)
         cache = self.new_cache(B, max(len(prompts[r]) + budgets[r] for r in rows))
-        gens = [make_generator(plist[r].seed, self.device) for r in rows]
+        # counter-based sampling noise: a fixed seed per row (drawn here when the request set none)
+        seeds = [plist[r].seed if plist[r].seed is not None else int(torch.randint(2**31, ()).item()) for r in rows]
         exchanged = True  # tensor parallel: this step's go/stop flag has been exchanged
         try:
             logits = torch.cat([self.prefill(prompts[r], cache.row(i)) for i, r in enumerate(rows)])  # [B, V]
             live = list(range(B))  # positions in `rows` still generating
             first_at = [None] * B
             n = 0
+            pre = None  # (ids, logprobs) sampled inside the decode graph, when the backend did
             while True:
-                tokens = self._sample(logits, [plist[rows[i]] for i in live], [gens[i] for i in live])  # [b]
                 k = max(plist[rows[i]].logprobs for i in live)
-                lp, top_v, top_i = step_logprobs(logits, tokens, k)
+                if pre is not None and not k:
+                    (tokens, lp), top_v, top_i = pre, None, None
+                else:
+                    tokens = pre[0] if pre is not None else \
+                        self._sample(logits, [plist[rows[i]] for i in live], [seeds[i] for i in live], n)  # [b]
+                    lp, top_v, top_i = step_logprobs(logits, tokens, k)
                 ids = tokens.tolist()  # the one host sync of the step
                 lp, top_v, top_i = lp.tolist(), (top_v.tolist() if k else None), (top_i.tolist() if k else None)
                 now = time.perf_counter()
@@ -244,8 +241,9 @@ class Engine:
                     return True
                 keep = torch.tensor(still, device=tokens.device)
                 live = [live[j] for j in still]
-                logits = self.decode_step(tokens[keep], cache.rows(live))
                 n += 1
+                logits, pre = self._decode(tokens[keep], cache.rows(live), [plist[rows[i]] for i in live],
+                                           [seeds[i] for i in live], n)
         except GeneratorExit:
             if not exchanged:
                 self._tp_go(False)  # closed at a yield: stand in for this step's exchange
@@ -253,15 +251,23 @@ class Engine:
         finally:
             cache.reset()
 
-    def _sample(self, logits: torch.Tensor, params: list[SamplingParams], gens) -> torch.Tensor:
-        """logits [b, V] -> ids [b]; one batched call when the rows share their settings."""
-        p0 = params[0]
+    @torch.inference_mode()
+    def _decode(self, tokens: torch.Tensor, cache, params: list[SamplingParams], seeds: list[int], step: int):
+        """One decode step -> (logits [b, V], (ids [b], logprobs [b]) when sampled inside the step's CUDA
+        graph (triton backend), else None: the caller samples)."""
+        if self.backend != "triton" or getattr(self.net, "graphs", None) is None:
+            return self.decode_step(tokens, cache), None
+        sampling = ("greedy", None) if all(p.greedy for p in params) else \
+            ("sample", sampling_tensors(params, seeds, step, self.cfg.vocab_size, self.device))
+        out = self.net(tokens.view(-1, 1).to(self.device), cache, sampling=sampling)
+        return out.logits[:, -1], out.sampled
+
+    def _sample(self, logits: torch.Tensor, params: list[SamplingParams], seeds: list[int], step: int
+                ) -> torch.Tensor:
+        """logits [b, V] -> ids [b]: one batched call for every mix of settings (engine/sampling.py)."""
         if all(p.greedy for p in params):
             return logits.argmax(dim=-1)
-        same = all((p.temperature, p.top_k, p.top_p) == (p0.temperature, p0.top_k, p0.top_p) for p in params)
-        if same and len(params) == 1:
-            return sample(logits, p0, gens[0])
-        return torch.cat([sample(logits[j : j + 1], p, g) for j, (p, g) in enumerate(zip(params, gens))])
+        return sample_batch(logits, params, seeds, step)
 
     # ---- tensor parallelism (engine/tp.py) ----
     def _tp_send(self, method: str, *args):

@@ -7,10 +7,13 @@
 The parent process is rank 0: it keeps the terminal (chat reads stdin, generate prints), loads its slice
 of the weights and runs its share of every layer. Ranks 1..N-1 are spawned (multiprocessing "spawn")
 with the same runtime settings; each loads its own slice (angelcli/model/parallel.py) and then serves:
-it waits for a call broadcast by rank 0 (Engine.generate_batch / generate / score), runs the same call
-(same inputs, seeded sampling, identical logits after the all-gather, hence identical tokens), and waits
-for the next one. Per decode step rank 0 also broadcasts a go/stop flag (Engine._tp_go), so a consumer
-that stops early leaves every rank at the same point. Workers ignore SIGINT: Ctrl-C reaches rank 0 only.
+it waits for a call from rank 0 (Engine.generate_batch / generate / score), runs the same call (same
+inputs, seeded sampling, identical logits after the all-gather, hence identical tokens), and waits for the
+next one. Calls travel over a host-side channel (one multiprocessing queue per worker), NOT a collective:
+an idle worker sleeps in queue.get() for as long as chat waits for its user, where a broadcast would be
+killed by the process group's (NCCL watchdog) timeout. Per decode step rank 0 also broadcasts a go/stop
+flag (Engine._tp_go; ranks are in lockstep then), so a consumer that stops early leaves every rank at the
+same point. Workers ignore SIGINT: Ctrl-C reaches rank 0 only.
 
 Collectives: NCCL on CUDA (rank r uses cuda:r), gloo on CPU. Rendezvous over TCP on 127.0.0.1 with a free
 port chosen by rank 0 (single node only).
@@ -33,21 +36,30 @@ from angelcli.model.parallel import TensorParallel
 INIT_TIMEOUT = datetime.timedelta(minutes=30)  # loading 100 GB of weights per rank can take a while
 
 
+def group_timeout() -> datetime.timedelta:
+    """The process group's collective timeout ($ANGEL_TP_TIMEOUT_S; tests shorten it)."""
+    raw = os.environ.get("ANGEL_TP_TIMEOUT_S", "").strip()
+    return datetime.timedelta(seconds=float(raw)) if raw else INIT_TIMEOUT
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def init_group(rank: int, world: int, port: int, device_type: str) -> TensorParallel:
+def init_group(rank: int, world: int, port: int, device_type: str, calls=None) -> TensorParallel:
+    """Join the group; `calls` is this rank's host channel (rank 0: the list of worker queues)."""
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
         torch.cuda.set_device(rank)
     else:  # CPU ranks share the cores: oversubscribed BLAS threads and gloo polling slow everything down
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=INIT_TIMEOUT)
-    return TensorParallel(rank, world, dist.group.WORLD)
+                            timeout=group_timeout())
+    tp = TensorParallel(rank, world, dist.group.WORLD)
+    tp.calls = calls  # send_call / recv_call
+    return tp
 
 
 class Launch:
@@ -61,8 +73,10 @@ class Launch:
         self.world, self.port = world, free_port()
         ctx = mp.get_context("spawn")
         self.status = ctx.Queue()  # each worker reports ("ok" | "error", rank, message) after loading
+        self.calls = [ctx.Queue() for _ in range(1, world)]  # rank 0 -> worker r: (method, args)
         self.procs = [ctx.Process(target=_worker_main, args=(r, world, self.port, runtime_kwargs, device_type,
-                                                             self.status), daemon=True, name=f"angel-tp{r}")
+                                                             self.status, self.calls[r - 1]),
+                                  daemon=True, name=f"angel-tp{r}")
                       for r in range(1, world)]
         for p in self.procs:
             p.start()
@@ -70,7 +84,7 @@ class Launch:
         self.healthy = True
         self.threads = torch.get_num_threads()  # init_group lowers it on CPU; close() restores it
         atexit.register(self.close)
-        self.tp = init_group(0, world, self.port, device_type)
+        self.tp = init_group(0, world, self.port, device_type, calls=self.calls)
 
     def wait_ready(self) -> None:
         """Block until every worker has loaded its slice; a worker's failure becomes this process's error."""
@@ -113,7 +127,8 @@ class Launch:
         torch.set_num_threads(self.threads)
 
 
-def _worker_main(rank: int, world: int, port: int, runtime_kwargs: dict, device_type: str, status) -> None:
+def _worker_main(rank: int, world: int, port: int, runtime_kwargs: dict, device_type: str, status,
+                 calls) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from angelcli.console import set_quiet
@@ -122,7 +137,7 @@ def _worker_main(rank: int, world: int, port: int, runtime_kwargs: dict, device_
 
     set_quiet(True)  # rank 0 reports; the workers stay silent
     try:
-        tp = init_group(rank, world, port, device_type)
+        tp = init_group(rank, world, port, device_type, calls=calls)
         rt = open_runtime(**runtime_kwargs, _tp=tp)
     except AngelError as err:
         status.put(("error", rank, str(err), err.exit_code))
@@ -136,13 +151,14 @@ def _worker_main(rank: int, world: int, port: int, runtime_kwargs: dict, device_
 
 
 def send_call(tp: TensorParallel, method: str, args: tuple) -> None:
-    dist.broadcast_object_list([(method, args)], src=0, group=tp.group)
+    """Rank 0: hand the call to every worker over its host queue (returns at once)."""
+    for q in tp.calls:
+        q.put((method, args))
 
 
 def recv_call(tp: TensorParallel) -> tuple[str, tuple]:
-    box = [None]
-    dist.broadcast_object_list(box, src=0, group=tp.group)
-    return box[0]
+    """Worker: block on the host queue until rank 0 sends a call (no collective, no timeout)."""
+    return tp.calls.get()
 
 
 def broadcast_flag(tp: TensorParallel, go: bool, device: torch.device) -> bool:

@@ -27,9 +27,9 @@ from angelcli.ops.shared_expert import append_shared_expert, shared_expert_routi
 
 __all__ = [
     "use", "backend", "backend_for",
-    "moe_align", "route", "fused_moe",
-    "rms_norm", "qk_norm_rope", "rope_cache",
-    "kv_cache_write", "attention_prefill", "attention_decode",
+    "moe_align", "route", "route_gemm", "fused_moe",
+    "rms_norm", "rms_norm_fp8", "silu_mul", "qk_norm_rope", "qk_norm_rope_cache", "rope_cache",
+    "kv_cache_write", "attention_prefill", "attention_decode", "attention_decode_fp8",
     "quantize_fp8", "quantize_act_fp8", "fp8_gemm",
     "append_shared_expert", "shared_expert_routing",
 ]
@@ -40,12 +40,17 @@ BACKENDS = ("auto", "torch", "triton")
 KERNEL_MODULES = {
     "moe_align": "align",
     "route": "router",
+    "route_gemm": "router_gemm",
     "fused_moe": "moe",
     "rms_norm": "rmsnorm",
+    "rms_norm_fp8": "rmsnorm",
+    "silu_mul": "activation",
     "qk_norm_rope": "rope",
+    "qk_norm_rope_cache": "rope",
     "kv_cache_write": "attention",
     "attention_prefill": "attention",
     "attention_decode": "decode_attention",
+    "attention_decode_fp8": "decode_attention",
     "quantize_fp8": "fp8",
     "quantize_act_fp8": "fp8",
     "fp8_gemm": "fp8",
@@ -112,12 +117,17 @@ def _dispatching(name: str):
 
 moe_align = _dispatching("moe_align")
 route = _dispatching("route")
+route_gemm = _dispatching("route_gemm")
 fused_moe = _dispatching("fused_moe")
 rms_norm = _dispatching("rms_norm")
+rms_norm_fp8 = _dispatching("rms_norm_fp8")
+silu_mul = _dispatching("silu_mul")
 qk_norm_rope = _dispatching("qk_norm_rope")
+qk_norm_rope_cache = _dispatching("qk_norm_rope_cache")
 kv_cache_write = _dispatching("kv_cache_write")
 attention_prefill = _dispatching("attention_prefill")
 attention_decode = _dispatching("attention_decode")
+attention_decode_fp8 = _dispatching("attention_decode_fp8")
 quantize_fp8 = _dispatching("quantize_fp8")
 quantize_act_fp8 = _dispatching("quantize_act_fp8")
 fp8_gemm = _dispatching("fp8_gemm")

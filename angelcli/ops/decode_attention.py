@@ -88,13 +88,13 @@ def _decode_split_kernel(
 @triton.jit
 def _decode_merge_kernel(
     # pointers
-    part_out_ptr, part_lse_ptr, out_ptr,
+    part_out_ptr, part_lse_ptr, out_ptr, q_ptr, s_ptr,
     # sizes
     head_dim, num_splits,
     # strides
-    stride_pob, stride_poh, stride_pos, stride_plb, stride_plh, stride_ob, stride_oh,
+    stride_pob, stride_poh, stride_pos, stride_plb, stride_plh, stride_ob, stride_oh, stride_qb, stride_sb,
     # meta-parameters
-    S_P2: tl.constexpr, D_P2: tl.constexpr,
+    S_P2: tl.constexpr, D_P2: tl.constexpr, QUANT: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
@@ -106,8 +106,14 @@ def _decode_merge_kernel(
     w = tl.exp2(lse - tl.max(lse, axis=0))  # empty splits: 2^-inf = 0
     o = tl.load(part_out_ptr + b * stride_pob + h * stride_poh + s[:, None] * stride_pos + d[None, :],
                 mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    res = tl.sum(o * w[:, None], axis=0) / tl.sum(w, axis=0)
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, res.to(out_ptr.dtype.element_ty), mask=d_ok)
+    res = (tl.sum(o * w[:, None], axis=0) / tl.sum(w, axis=0)).to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, res, mask=d_ok)
+    if QUANT:  # head_dim == 128: this head is one FP8 group of the dense projection's input
+        rf = res.to(tl.float32)
+        scale = tl.div_rn(tl.maximum(tl.max(tl.abs(rf), axis=0), 1e-10), 448.0)
+        q = tl.clamp(tl.div_rn(rf, scale), -448.0, 448.0).to(tl.float8e4nv)
+        tl.store(q_ptr + b * stride_qb + h * head_dim + d, q, mask=d_ok)
+        tl.store(s_ptr + b * stride_sb + h, scale)
 
 
 def default_num_splits(batch: int, num_kv_heads: int, max_context: int, device) -> int:
@@ -126,6 +132,20 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     seq_lens [B] int32 >= 1 (context including this token); scale defaults to D^-0.5; num_splits defaults
     to default_num_splits(B, Hkv, max_blocks * BS). Returns [B, Hq, D] in q.dtype.
     """
+    return _attention_decode(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits, quant=False)[0]
+
+
+def attention_decode_fp8(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                         seq_lens: torch.Tensor, scale: float | None = None, num_splits: int | None = None):
+    """attention_decode whose merge pass also quantises the output for the FP8 output projection (D == 128:
+    one head is one 128-channel group) -> (out [B, Hq, D], (oq [B, Hq * D] float8_e4m3fn, scale [B, Hq] fp32)),
+    the pair equal to reference.quantize_fp8(out.reshape(B, -1))."""
+    if q.shape[-1] != 128:
+        raise ValueError(f"attention_decode_fp8: head_dim {q.shape[-1]} must be 128 (one FP8 group per head)")
+    return _attention_decode(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits, quant=True)
+
+
+def _attention_decode(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits, quant: bool):
     check_tensor("q", q, ndim=3, dtypes=(torch.bfloat16, torch.float16))
     bsz, hq, d = q.shape
     check_cache(k_cache, v_cache, block_table, seq_lens, q.device)
@@ -140,6 +160,8 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     part_out = torch.empty(bsz, hq, splits, d, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(bsz, hq, splits, dtype=torch.float32, device=q.device)
     out = torch.empty(bsz, hq, d, dtype=q.dtype, device=q.device)
+    oq = torch.empty(bsz, hq * d, dtype=torch.float8_e4m3fn, device=q.device) if quant else out
+    osc = torch.empty(bsz, hq, dtype=torch.float32, device=q.device) if quant else out
     group = hq // hkv
     launch(_decode_split_kernel, (bsz, hkv, splits), q.device,
            args=dict(q_ptr=q, k_cache_ptr=k_cache, v_cache_ptr=v_cache, block_table_ptr=block_table,
@@ -152,9 +174,10 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      stride_plh=part_lse.stride(1), scale_log2=scale * LOG2E),
            constexprs=dict(G_P2=max(16, next_pow2(group)), BLOCK_N=64, D_P2=d_p2), num_warps=4, num_stages=2)
     launch(_decode_merge_kernel, (bsz, hq), q.device,
-           args=dict(part_out_ptr=part_out, part_lse_ptr=part_lse, out_ptr=out, head_dim=d, num_splits=splits,
-                     stride_pob=part_out.stride(0), stride_poh=part_out.stride(1), stride_pos=part_out.stride(2),
-                     stride_plb=part_lse.stride(0), stride_plh=part_lse.stride(1), stride_ob=out.stride(0),
-                     stride_oh=out.stride(1)),
-           constexprs=dict(S_P2=next_pow2(splits), D_P2=d_p2), num_warps=4, num_stages=1)
-    return out
+           args=dict(part_out_ptr=part_out, part_lse_ptr=part_lse, out_ptr=out, q_ptr=oq, s_ptr=osc, head_dim=d,
+                     num_splits=splits, stride_pob=part_out.stride(0), stride_poh=part_out.stride(1),
+                     stride_pos=part_out.stride(2), stride_plb=part_lse.stride(0), stride_plh=part_lse.stride(1),
+                     stride_ob=out.stride(0), stride_oh=out.stride(1), stride_qb=oq.stride(0) if quant else 0,
+                     stride_sb=osc.stride(0) if quant else 0),
+           constexprs=dict(S_P2=next_pow2(splits), D_P2=d_p2, QUANT=quant), num_warps=4, num_stages=1)
+    return out, ((oq, osc) if quant else None)

@@ -331,3 +331,60 @@ def attention_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     position seq_lens[b] - 1. `num_splits` only matters to the kernel (split-K)."""
     cu = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
     return attention_prefill(q, k_cache, v_cache, block_table, cu, seq_lens, scale)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Twins of the engine's fused kernels (angelcli/engine/triton_backend.py calls these through ops)
+# ------------------------------------------------------------------------------------------------------
+
+
+def route_gemm(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int,
+               n_group: int = 1, topk_group: int = 1, routed_scaling_factor: float = 1.0, n_shared: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The router in one op: x [T, H], weight [E, H] -> (weights [T, K + n_shared] fp32, ids [T, K + n_shared]
+    int32, logits [T, E] fp32) with logits = fp32(x) @ fp32(weight)^T; the n_shared extra slots are experts
+    E .. E + n_shared - 1 with weight 1 (angelcli/ops/router_gemm.py)."""
+    logits = F.linear(x.float(), weight.float())
+    w, ids = route(logits, expert_bias, top_k, n_group, topk_group, routed_scaling_factor)
+    if n_shared:
+        t, e = logits.shape
+        extra = torch.arange(e, e + n_shared, dtype=ids.dtype, device=ids.device).expand(t, n_shared)
+        w = torch.cat([w, torch.ones(t, n_shared, dtype=w.dtype, device=w.device)], 1)
+        ids = torch.cat([ids, extra], 1)
+    return w, ids, logits
+
+
+def rms_norm_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """rms_norm plus the FP8 quantisation of its output: -> (y, s or None, (yq, scale)) (ops/rmsnorm.py)."""
+    out = rms_norm(x, weight, eps, residual)
+    y, res = (out, None) if residual is None else out
+    return y, res, quantize_fp8(y)
+
+
+def silu_mul(gate_up: torch.Tensor, quant: bool = False):
+    """gate_up [N, 2I] = [gate | up] -> (h = silu(gate) * up rounded like the HF MLP, (hq, scale) | None)
+    (angelcli/ops/activation.py)."""
+    i = gate_up.shape[1] // 2
+    dt = gate_up.dtype
+    h = (F.silu(gate_up[:, :i].float()).to(dt).float() * gate_up[:, i:].float()).to(dt)
+    return h, (quantize_fp8(h) if quant else None)
+
+
+def qk_norm_rope_cache(qkv: torch.Tensor, positions: torch.Tensor, q_norm_weight: torch.Tensor,
+                       k_norm_weight: torch.Tensor, cos_sin_cache: torch.Tensor, num_q_heads: int,
+                       num_kv_heads: int, eps: float, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """qk_norm_rope, then kv_cache_write of the rotated k and of v = qkv[:, (Hq + Hkv) D:] (ops/rope.py)."""
+    q, k = qk_norm_rope(qkv, positions, q_norm_weight, k_norm_weight, cos_sin_cache, num_q_heads, num_kv_heads,
+                        eps)
+    d = qkv.shape[1] // (num_q_heads + 2 * num_kv_heads)
+    v = qkv[:, (num_q_heads + num_kv_heads) * d:].view(qkv.shape[0], num_kv_heads, d)
+    kv_cache_write(k, v, k_cache, v_cache, slot_mapping)
+    return q, k
+
+
+def attention_decode_fp8(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                         seq_lens: torch.Tensor, scale: float | None = None, num_splits: int | None = None):
+    """attention_decode plus the FP8 quantisation of its output rows [B, Hq * D] (ops/decode_attention.py)."""
+    out = attention_decode(q, k_cache, v_cache, block_table, seq_lens, scale, num_splits)
+    return out, quantize_fp8(out.reshape(out.shape[0], -1))

@@ -28,29 +28,28 @@ from angelcli.ops._runtime import cdiv, check_tensor, launch, next_pow2
 
 
 @triton.jit
-def _route_kernel(
-    # pointers
-    logits_ptr, bias_ptr, weights_ptr, ids_ptr,
-    # sizes
-    num_tokens, n_group, experts_per_group,
-    # strides (rows; the expert dimension is contiguous)
-    stride_lt, stride_wt, stride_it,
-    # scalars
-    routed_scaling_factor,
-    # meta-parameters
+def _route_rows(
+    logits_ptr, bias_ptr, weights_ptr, ids_ptr, tok, num_tokens, n_group, experts_per_group,
+    stride_lt, stride_wt, stride_it, routed_scaling_factor,
     BLOCK_T: tl.constexpr, G_P2: tl.constexpr, S_P2: tl.constexpr, K_P2: tl.constexpr,
     TOP_K: tl.constexpr, TOPK_GROUP: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BYPASS_L1: tl.constexpr, N_SHARED: tl.constexpr, NS_P2: tl.constexpr, num_experts,
 ):
+    """Route the BLOCK_T tokens `tok` [BLOCK_T] (int64): read their logits rows, write weights and ids.
+    N_SHARED > 0: slots TOP_K .. TOP_K + N_SHARED - 1 get experts num_experts + j with weight 1 (the shared
+    expert's slices appended to the fused MoE, ops/shared_expert.py)."""
     # Tile [BLOCK_T tokens, G_P2 groups, S_P2 experts per group]; expert e = g * experts_per_group + s.
-    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     t3 = tok[:, None, None]
     grp = tl.arange(0, G_P2)[None, :]  # [1, G_P2]
     g3 = tl.arange(0, G_P2)[None, :, None]
     s3 = tl.arange(0, S_P2)[None, None, :]
     expert = g3 * experts_per_group + s3  # [1, G_P2, S_P2]
     valid = (t3 < num_tokens) & (g3 < n_group) & (s3 < experts_per_group)
-    x = tl.load(logits_ptr + t3 * stride_lt + expert, mask=valid, other=0.0).to(tl.float32)
-    score = tl.sigmoid(x)
+    if BYPASS_L1:  # written by other programs of this launch (route_gemm): read from L2
+        x = tl.load(logits_ptr + t3 * stride_lt + expert, mask=valid, other=0.0, cache_modifier=".cg")
+    else:
+        x = tl.load(logits_ptr + t3 * stride_lt + expert, mask=valid, other=0.0)
+    score = tl.sigmoid(x.to(tl.float32))
     biased = score
     if HAS_BIAS:
         biased = score + tl.load(bias_ptr + expert, mask=valid, other=0.0).to(tl.float32)
@@ -95,6 +94,51 @@ def _route_kernel(
     mask = (tok[:, None] < num_tokens) & (kk < TOP_K)
     tl.store(weights_ptr + tok[:, None] * stride_wt + kk, out_w, mask=mask)
     tl.store(ids_ptr + tok[:, None] * stride_it + kk, out_ids, mask=mask)
+    if N_SHARED > 0:
+        js = tl.arange(0, NS_P2)[None, :]
+        smask = (tok[:, None] < num_tokens) & (js < N_SHARED)
+        tl.store(weights_ptr + tok[:, None] * stride_wt + TOP_K + js, tl.full([BLOCK_T, NS_P2], 1.0, tl.float32),
+                 mask=smask)
+        tl.store(ids_ptr + tok[:, None] * stride_it + TOP_K + js,
+                 (js + num_experts + tl.zeros([BLOCK_T, NS_P2], dtype=tl.int32)).to(tl.int32), mask=smask)
+
+
+@triton.jit
+def _route_kernel(
+    # pointers
+    logits_ptr, bias_ptr, weights_ptr, ids_ptr,
+    # sizes
+    num_tokens, n_group, experts_per_group,
+    # strides (rows; the expert dimension is contiguous)
+    stride_lt, stride_wt, stride_it,
+    # scalars
+    routed_scaling_factor,
+    # meta-parameters
+    BLOCK_T: tl.constexpr, G_P2: tl.constexpr, S_P2: tl.constexpr, K_P2: tl.constexpr,
+    TOP_K: tl.constexpr, TOPK_GROUP: tl.constexpr, GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    tok = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    _route_rows(logits_ptr, bias_ptr, weights_ptr, ids_ptr, tok, num_tokens, n_group, experts_per_group,
+                stride_lt, stride_wt, stride_it, routed_scaling_factor, BLOCK_T, G_P2, S_P2, K_P2, TOP_K,
+                TOPK_GROUP, GROUPED, HAS_BIAS, False, 0, 1, 0)
+
+
+def check_route_args(e: int, expert_bias, top_k: int, n_group: int, topk_group: int, device):
+    """-> (n_group, experts per group, topk_group, grouped) after the checks route() documents."""
+    if expert_bias is not None:
+        check_tensor("expert_bias", expert_bias, ndim=1, shape=(e,), device=device,
+                     dtypes=(torch.float32, torch.bfloat16, torch.float16))
+    grouped = n_group > 1
+    if grouped:
+        if e % n_group or e // n_group < 2 or not 1 <= topk_group <= n_group:
+            raise ValueError(f"route: E={e}, n_group={n_group}, topk_group={topk_group}: need E % n_group == 0, "
+                             f"E / n_group >= 2 and 1 <= topk_group <= n_group")
+        per, reachable = e // n_group, topk_group * (e // n_group)
+    else:
+        n_group, per, reachable, topk_group = 1, e, e, 1
+    if not 1 <= top_k <= reachable:
+        raise ValueError(f"route: top_k={top_k} must be in [1, {reachable}] (experts in the kept groups)")
+    return n_group, per, topk_group, grouped
 
 
 def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, n_group: int = 1,
@@ -108,19 +152,8 @@ def route(logits: torch.Tensor, expert_bias: torch.Tensor | None, top_k: int, n_
     """
     check_tensor("logits", logits, ndim=2, dtypes=(torch.float32, torch.bfloat16, torch.float16))
     t, e = logits.shape
-    if expert_bias is not None:
-        check_tensor("expert_bias", expert_bias, ndim=1, shape=(e,), device=logits.device,
-                     dtypes=(torch.float32, torch.bfloat16, torch.float16))
-    grouped = n_group > 1
-    if grouped:
-        if e % n_group or e // n_group < 2 or not 1 <= topk_group <= n_group:
-            raise ValueError(f"route: E={e}, n_group={n_group}, topk_group={topk_group}: need E % n_group == 0, "
-                             f"E / n_group >= 2 and 1 <= topk_group <= n_group")
-        per, reachable = e // n_group, topk_group * (e // n_group)
-    else:
-        n_group, per, reachable, topk_group = 1, e, e, 1
-    if not 1 <= top_k <= reachable:
-        raise ValueError(f"route: top_k={top_k} must be in [1, {reachable}] (experts in the kept groups)")
+    n_group, per, topk_group, grouped = check_route_args(e, expert_bias, top_k, n_group, topk_group,
+                                                         logits.device)
     weights = torch.empty(t, top_k, dtype=torch.float32, device=logits.device)
     ids = torch.empty(t, top_k, dtype=torch.int32, device=logits.device)
     g_p2, s_p2 = next_pow2(n_group), next_pow2(per)
