@@ -82,13 +82,10 @@ def build_state(opts: ServeOptions):
         raise UsageError("--max-queue must be >= 0")
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    from angelcli.runtime import pick_device
 
+    # use_draft None: speculate only where the draft's recorded measurement says it pays (CUDA by default,
+    # not angel-tiny on a CPU); the same rule as generate and chat (angelcli/eagle/attach.py).
     use_draft = opts.draft
-    if use_draft is None and opts.draft_path is None and not pick_device(opts.device).startswith("cuda"):
-        # On CPU a draft step costs about what a target step costs (angel-tiny: plain decoding runs about
-        # twice as fast as speculating), so the attached draft is used there only when asked for (--draft).
-        use_draft = False
     rt = open_runtime(opts.model, device=opts.device, dtype=opts.dtype, backend=opts.backend,
                       max_seq_len=opts.max_seq_len, use_draft=use_draft, draft=opts.draft_path,
                       draft_k=opts.draft_k)
