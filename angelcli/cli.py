@@ -74,6 +74,26 @@ def _register() -> None:
 _register()
 
 
+def _quiet_flag_types() -> None:
+    """Plain flags (--json, --raw) take no value; typer's help would still print `<bool>` after them."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:
+        return
+    orig = getattr(TyperOption, "display_type_rich", None)
+    if orig is None or getattr(orig, "_angel", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else orig(self, ctx)
+
+    display_type_rich._angel = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_quiet_flag_types()
+
+
 def _click_exceptions() -> dict[str, tuple[type, ...]]:
     """Exception classes of click and of typer's vendored copy of click (newer typer ships its own)."""
     mods = []
@@ -105,7 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     except cx["Abort"]:
         code = EXIT_INTERRUPTED
     except cx["ClickException"] as err:
-        err.show()
+        # One line like every other angel error (click's own format is a three-line usage block).
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        msg = " ".join(err.format_message().split())
+        print(f"angel: error: {msg}{hint}", file=sys.stderr)
         code = err.exit_code
     except AngelError as err:
         print(f"angel: error: {err}", file=sys.stderr)
