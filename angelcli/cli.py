@@ -18,6 +18,9 @@ import typer
 
 from angelcli.errors import EXIT_INTERRUPTED, AngelError
 
+INTERRUPTED_MESSAGE = ("angel: interrupted (exit 130); finished work is kept: run the same command again to resume "
+                       "(pull and quantize continue where they stopped)")
+
 # (verb, "module:function"). A verb module is imported when the app is built; keep those imports light.
 COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
@@ -122,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
         code = rv if isinstance(rv, int) else 0
     except cx["Exit"] as err:
         code = err.exit_code
-    except cx["Abort"]:
+    except cx["Abort"]:  # click turns Ctrl-C into Abort
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
         code = EXIT_INTERRUPTED
     except cx["ClickException"] as err:
         # One line like every other angel error (click's own format is a three-line usage block).
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"angel: error: {err}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
-        print("angel: interrupted", file=sys.stderr)
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
         code = 0
