@@ -83,6 +83,7 @@ def describe(model: str) -> dict[str, Any]:
             endpoint=manifest.endpoint, pulled_at=manifest.pulled_at, files=len(manifest.files),
             remote_files=manifest.remote_files, size_on_disk=store.size_on_disk(manifest),
             missing_files=store.missing_files(manifest), draft=store.attached_draft(manifest), kind=manifest.kind,
+            corrupt_files=list(manifest.corrupt), verified_at=manifest.verified_at,
         )
     if config:
         info["architecture"] = (config.get("architectures") or [None])[0]
@@ -106,6 +107,9 @@ def format_text(info: dict[str, Any]) -> str:
         rows.append(("alias", f"{info['alias']} - {info['description']}"))
     if info["pulled"]:
         state = "complete" if info.get("complete") else f"incomplete ({len(info.get('missing_files') or [])} missing)"
+        if info.get("corrupt_files"):
+            bad = info["corrupt_files"]
+            state = f"corrupt ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}; angel pull repairs it)"
         rows += [("path", info["path"]), ("status", state),
                  ("commit", f"{info.get('commit')} ({info.get('revision')})"),
                  ("source", f"{info.get('source')} {info.get('endpoint') or ''}".strip()),

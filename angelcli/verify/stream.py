@@ -102,6 +102,7 @@ class StreamResult:
     router: list[RouterOutput] = field(default_factory=list)  # one per MoE layer, tokens of all prompts concatenated
     tokens: list[int] = field(default_factory=list)  # tokens per prompt
     final_hidden: list[torch.Tensor] = field(default_factory=list)  # per prompt [T, H] after model.norm
+    first_nonfinite_layer: int | None = None  # first decoder layer whose output held NaN/inf (corrupt weights)
 
 
 @torch.no_grad()
@@ -130,6 +131,8 @@ def stream_forward(streamer: LayerStreamer, prompts: list[list[int]], *, keep_fi
                 i, torch.cat([r.logits for r in routed]).cpu(), torch.cat([r.topk_ids for r in routed]).cpu(),
                 torch.cat([r.topk_weights for r in routed]).cpu()))
         del layer, routed
+        if out.first_nonfinite_layer is None and not all(bool(torch.isfinite(h).all()) for h in hidden):
+            out.first_nonfinite_layer = i  # routing statistics past this point describe NaNs, not the model
         streamer.free()
         if on_layer is not None:
             on_layer(i)
