@@ -143,12 +143,15 @@ def listed_files(root: Path) -> list[str]:
 
 
 def write_checksums(root: Path, names: list[str] | None = None, *, workers: int = 0,
-                    on_bytes: Callable[[int], None] | None = None) -> Path:
-    """Hash `names` (default: listed_files) and write root/checksums.sha256 atomically; returns its path."""
-    names = listed_files(root) if names is None else sorted(names)
+                    on_bytes: Callable[[int], None] | None = None, extra: dict[str, str] | None = None) -> Path:
+    """Hash `names` (default: listed_files) and write root/checksums.sha256 atomically; returns its path.
+    extra: {name: sha256} of files about to be written (their digest is known from their bytes)."""
+    names = listed_files(root) if names is None else list(names)
+    names = sorted(n for n in names if n not in (extra or {}))
     workers = workers or default_workers()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="angel-hash") as pool:
-        digests = list(pool.map(lambda n: sha256_file(root / n, on_bytes), names))
+        digests = dict(zip(names, pool.map(lambda n: sha256_file(root / n, on_bytes), names)))
+    digests.update(extra or {})
     dest = root / CHECKSUMS_NAME
-    atomic_write_text(dest, "".join(f"{d}  {n}\n" for d, n in zip(digests, names)))
+    atomic_write_text(dest, "".join(f"{digests[n]}  {n}\n" for n in sorted(digests)))
     return dest
