@@ -112,7 +112,7 @@ def verify(model: str | None, opts: VerifyOptions) -> tuple[dict, list[Check]]:
         raise UsageError(f"'{source.spec}' is not pulled: --write-checksums and --deep read its files "
                          f"(angel pull {source.spec} first)")
     facts, checks, reader = static_stage(source)
-    checks = file_checks + checks
+    checks = checks + file_checks  # inventory first: its first check says whether the shards even parse
     if opts.deep and reader is not None:
         from angelcli.verify.finite import finite_check
 
