@@ -156,12 +156,13 @@ def _dynamic(source: ModelSource, reader, other: ModelSource | None, other_reade
     prompts, desc = build_prompts(opts.prompts, source.model_dir, cfg.vocab_size, max_tokens=opts.max_tokens,
                                   num_random=opts.num_random, seed=opts.seed)
     streamer, res = _stream(source, reader, prompts, dev, tdtype, other is not None, source.spec)
-    if res.first_nonfinite_layer is not None:  # NaN weights: an integrity failure, not a routing one
-        i = res.first_nonfinite_layer
+    if res.nonfinite_weight is not None or res.first_nonfinite_layer is not None:
+        # NaN weights: an integrity failure, not a routing one (statistics of NaN say nothing about routing)
+        where = (f"weight {res.nonfinite_weight} holds NaN/inf" if res.nonfinite_weight is not None else
+                 f"the hidden state went NaN/inf in model.layers.{res.first_nonfinite_layer}")
         return [check("forward.finite", INTEGRITY, False,
-                      f"the hidden state went NaN/inf in model.layers.{i} (a weight of that layer is not finite; "
-                      f"`angel verify {source.spec} --static --deep` names the tensor)"),
-                skip("routing", ROUTING, "not run: the forward pass produced NaN/inf")]
+                      f"{where} (`angel verify {source.spec} --static --deep` names every bad tensor)"),
+                skip("routing", ROUTING, "not run: the weights are not finite")]
     layers = [layer_stats(r, cfg) for r in res.router]
     report["routing"] = {"prompts": desc, "sequences": len(prompts), "tokens": sum(res.tokens), "device": dev,
                          "dtype": dname, "layers": layers}

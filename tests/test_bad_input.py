@@ -1,0 +1,234 @@
+"""A corpus of corrupt checkpoints and malformed input, tried as a new user would (issue 16).
+
+Every case runs the real CLI entry point (angelcli.cli.main, in process: no interpreter start per case) and
+asserts the documented exit code, exactly one `angel: error:` line on stderr that names the file, field,
+line or flag, and never an "internal error" or a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from angelcli.resolve import TINY_DIR
+
+MSG = {  # --messages files
+    "content_int.json": [{"role": "user", "content": 42}],
+    "content_null.json": [{"role": "user", "content": None}],
+    "content_dict.json": [{"role": "user", "content": {"text": "hi"}}],
+    "role_doctor.json": [{"role": "doctor", "content": "hi"}],
+    "role_missing.json": [{"content": "hi"}],
+    "image_part.json": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+    "not_list.json": {"role": "user", "content": "hi"},
+    "empty_list.json": [],
+    "item_string.json": ["hello"],
+}
+
+
+def _copy_tiny(dest: Path) -> Path:
+    shutil.copytree(TINY_DIR, dest)
+    return dest
+
+
+def _edit_config(d: Path, **changes) -> None:
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (d / "config.json").write_text(json.dumps(cfg))
+
+
+def _poison(d: Path, value: float) -> str:
+    """Write NaN/inf into one routed expert of the copy at `d`; returns the tensor name."""
+    from safetensors.torch import load_file, save_file
+
+    index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    name = "model.layers.1.mlp.experts.0.down_proj.weight"
+    shard = d / index[name]
+    tensors = load_file(shard)
+    t = tensors[name].clone()
+    t.view(-1)[::7] = value
+    tensors[name] = t
+    save_file(tensors, shard, metadata={"format": "pt"})
+    return name
+
+
+def _flip_byte(path: Path, offset: int = -1000) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    c = {"tmp": root}
+    for name, body in MSG.items():
+        (root / name).write_text(json.dumps(body))
+    (root / "parts.json").write_text(json.dumps([{"role": "user", "content": [{"type": "text", "text": "Hello"},
+                                                                              {"type": "text", "text": "there"}]}]))
+    (root / "broken.json").write_text('[{"role": "user", "content": "hi"')
+    (root / "empty.jsonl").write_text("\n\n")
+    c["nan"] = _copy_tiny(root / "nan")
+    c["nan_tensor"] = _poison(c["nan"], float("nan"))
+    c["inf"] = _copy_tiny(root / "inf")
+    _poison(c["inf"], float("inf"))
+    c["no_experts"] = _copy_tiny(root / "no_experts")
+    _edit_config(c["no_experts"], num_experts=None)
+    c["hybrid"] = _copy_tiny(root / "hybrid")
+    _edit_config(c["hybrid"], model_type="bailing_hybrid")
+    c["v25"] = _copy_tiny(root / "v25")
+    _edit_config(c["v25"], architectures=["BailingMoeV2_5ForCausalLM"])
+    c["v3"] = _copy_tiny(root / "v3")
+    _edit_config(c["v3"], architectures=["BailingMoeV3ForCausalLM"], model_type="bailing_moe_v3")
+    c["v2type"] = _copy_tiny(root / "v2type")
+    _edit_config(c["v2type"], model_type="bailing_moe_v2")
+    c["bad_json_cfg"] = _copy_tiny(root / "bad_json_cfg")
+    (c["bad_json_cfg"] / "config.json").write_text("{not json")
+    c["truncated"] = _copy_tiny(root / "truncated")
+    shard = c["truncated"] / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-4096])
+    c["no_shard"] = _copy_tiny(root / "no_shard")
+    (c["no_shard"] / "model-00001-of-00002.safetensors").unlink()
+    c["bad_sums"] = _copy_tiny(root / "bad_sums")
+    (c["bad_sums"] / "checksums.sha256").write_text("this is not a checksum line\n")
+    c["flipped"] = _copy_tiny(root / "flipped")
+    from angelcli.checksums import write_checksums
+
+    write_checksums(c["flipped"])
+    _flip_byte(c["flipped"] / "model-00001-of-00002.safetensors")
+    c["no_record"] = _copy_tiny(root / "no_record")
+    (root / "batch.jsonl").write_text("\n".join([
+        json.dumps({"prompt": "What is a fever?", "max_new_tokens": 3, "id": "a"}),
+        json.dumps({"prompt": "x", "max_new_tokens": -1}),
+        "{not json",
+        json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], "max_new_tokens": 2}),
+        json.dumps({"messages": [{"role": "user", "content": 42}]}),
+        json.dumps({"input_ids": [1, 10 ** 9], "max_new_tokens": 2}),
+        json.dumps({"prompt": "y", "temperature": "hot"}),
+        json.dumps({"prompt": "z", "colour": "red"}),
+        json.dumps({"input_ids": [5, 6, 7], "max_new_tokens": 2, "id": 99}),
+    ]) + "\n")
+    (root / "all_bad.jsonl").write_text(json.dumps({"prompt": 5}) + "\n" + json.dumps([1, 2]) + "\n")
+    return c
+
+
+def run_cli(capsys, argv, stdin: str | None = None, monkeypatch=None):
+    from angelcli.cli import main
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as ex:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return ex.value.code, out, err
+
+
+def assert_clean(code, err, want_code, needle):
+    """The documented code, one `angel: error:` line containing `needle`, no internal error, no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("angel: error:")]
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert code == want_code, err
+    if want_code:
+        assert len(errors) == 1, err
+        assert needle in errors[0], errors[0]
+
+
+# (case id, argv with {placeholders} from the corpus, exit code, text the error line must contain)
+CASES = [
+    # issue 16.3 / 16.4: messages that used to be internal errors or silently dropped
+    ("content-42", ["generate", "--messages", "{tmp}/content_int.json"], 2,
+     "messages[0].content: expected a string or a list of text parts, got 42"),
+    ("content-null", ["generate", "--messages", "{tmp}/content_null.json"], 2, "messages[0].content"),
+    ("content-dict", ["generate", "--messages", "{tmp}/content_dict.json"], 2, "messages[0].content"),
+    ("role-doctor", ["generate", "--messages", "{tmp}/role_doctor.json"], 2, "messages[0].role: unknown role 'doctor'"),
+    ("role-missing", ["generate", "--messages", "{tmp}/role_missing.json"], 2, "messages[0].role: missing"),
+    ("image-part", ["generate", "--messages", "{tmp}/image_part.json"], 2, "messages[0].content[0].type"),
+    ("messages-object", ["generate", "--messages", "{tmp}/not_list.json"], 2, "expected a list"),
+    ("messages-empty", ["generate", "--messages", "{tmp}/empty_list.json"], 2, "the list is empty"),
+    ("messages-string-item", ["generate", "--messages", "{tmp}/item_string.json"], 2, "messages[0]: expected an object"),
+    ("messages-broken-json", ["generate", "--messages", "{tmp}/broken.json"], 2, "broken.json: not valid JSON"),
+    ("messages-missing-file", ["generate", "--messages", "{tmp}/nope.json"], 2, "nope.json: no such file"),
+    ("device-quantum", ["generate", "-p", "hi", "--device", "quantum"], 2, "--device quantum"),
+    # issue 16.13: flags that were not validated
+    ("max-seq-len-0", ["generate", "-p", "hi", "--max-seq-len", "0"], 2, "--max-seq-len must be >= 1"),
+    ("max-seq-len-neg", ["generate", "-p", "hi", "--max-seq-len", "-3"], 2, "--max-seq-len must be >= 1"),
+    ("max-seq-len-huge", ["generate", "-p", "hi", "--max-seq-len", "100000"], 2, "max_position_embeddings (4096)"),
+    ("empty-prompt", ["generate", "--prompt", ""], 2, "--prompt is empty"),
+    ("draft-k-0", ["generate", "-p", "hi", "--draft-k", "0"], 2, "--draft-k must be >= 1"),
+    ("draft-eval-prompts-0", ["draft-eval", "--prompts", "0"], 2, "--prompts must be >= 1"),
+    ("verify-max-tokens-0", ["verify", "--max-tokens", "0"], 2, "--max-tokens"),
+    # more a user would try
+    ("unknown-option", ["generate", "--bogus"], 2, "--bogus"),
+    ("unknown-verb", ["frobnicate"], 2, "frobnicate"),
+    ("temperature-neg", ["generate", "-p", "hi", "--temperature", "-1"], 2, "--temperature"),
+    ("top-p-0", ["generate", "-p", "hi", "--top-p", "0"], 2, "--top-p"),
+    ("logprobs-huge", ["generate", "-p", "hi", "--logprobs", "100000"], 2, "--logprobs"),
+    ("input-ids-text", ["generate", "--input-ids", "a,b"], 2, "--input-ids"),
+    ("input-ids-vocab", ["generate", "--input-ids", "1,999999", "-n", "2"], 2, "999999"),
+    ("dtype-bad", ["generate", "-p", "hi", "--dtype", "float64"], 2, "--dtype"),
+    ("backend-bad", ["generate", "-p", "hi", "--backend", "cuda-magic"], 2, "--backend"),
+    ("model-unknown", ["generate", "no-such-model", "-p", "hi"], 2, "no-such-model"),
+    ("batch-missing", ["generate", "--batch", "{tmp}/nope.jsonl"], 2, "nope.jsonl: no such file"),
+    ("batch-empty", ["generate", "--batch", "{tmp}/empty.jsonl"], 2, "no requests"),
+    ("batch-and-prompt", ["generate", "--batch", "{tmp}/empty.jsonl", "-p", "x"], 2, "--batch cannot be combined"),
+    ("quantize-no-format", ["quantize"], 2, "--fp8"),
+    # issue 16.5: unwritable output is usage, not resources
+    ("quantize-out-proc", ["quantize", "--fp8", "--out", "/proc/angel-x"], 2, "not writable"),
+    # issue 16.7: a missing architecture field is named, not blamed on the weights
+    ("no-num-experts-generate", ["generate", "{no_experts}", "-p", "hi"], 2, "'num_experts' is missing"),
+    ("no-num-experts-quantize", ["quantize", "{no_experts}", "--fp8", "--out", "{tmp}/q-ne"], 2,
+     "'num_experts' is missing"),
+    ("no-num-experts-verify", ["verify", "{no_experts}", "--static"], 2, "num_experts"),
+    # later Ling generations are named
+    ("bailing-hybrid", ["generate", "{hybrid}", "-p", "hi"], 2,
+     "architecture bailing_hybrid is not supported by angel's engine; serve it with SGLang"),
+    ("ling-2.5", ["verify", "{v25}", "--static"], 2, "architecture BailingMoeV2_5ForCausalLM is not supported"),
+    ("ling-3", ["quantize", "{v3}", "--fp8", "--out", "{tmp}/q-v3"], 2, "serve it with SGLang"),
+    ("config-not-json", ["generate", "{bad_json_cfg}", "-p", "hi"], 2, "config.json"),
+    # integrity: exit 3 naming the file / tensor
+    ("truncated-shard", ["generate", "{truncated}", "-p", "hi"], 3, "model-00002-of-00002.safetensors"),
+    ("truncated-shard-verify", ["verify", "{truncated}", "--static"], 3, "model-00002-of-00002.safetensors"),
+    ("missing-shard", ["generate", "{no_shard}", "-p", "hi"], 3, "model-00001-of-00002.safetensors"),
+    ("flipped-byte", ["verify", "{flipped}", "--static"], 3, "model-00001-of-00002.safetensors: sha256 mismatch"),
+    ("flipped-byte-only", ["verify", "{flipped}", "--checksums-only"], 3, "sha256 mismatch"),
+    ("bad-checksum-file", ["verify", "{bad_sums}", "--checksums-only"], 3, "checksums.sha256:1"),
+    # issue 16.2: NaN / inf weights
+    ("nan-generate", ["generate", "{nan}", "-p", "hello there", "-n", "8", "--json", "--logprobs", "2"], 3,
+     "non-finite logits"),
+    ("inf-generate", ["generate", "{inf}", "-p", "hello there", "-n", "8"], 3, "first non-finite output: model.layers.1"),
+    ("nan-deep", ["verify", "{nan}", "--static", "--deep"], 3, "model.layers.1.mlp.experts.0.down_proj.weight"),
+    ("nan-routing", ["verify", "{nan}", "--max-tokens", "8"], 3, "forward.finite"),
+    ("nan-quantize", ["quantize", "{nan}", "--fp8", "--out", "{tmp}/q-nan", "--no-report"], 3,
+     "model.layers.1.mlp.experts.0.down_proj.weight holds NaN or inf"),
+]
+
+
+@pytest.mark.parametrize("case, argv, code, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_corpus(corpus, capsys, case, argv, code, needle):
+    argv = [a.format(**{k: v for k, v in corpus.items()}) for a in argv]
+    got, out, err = run_cli(capsys, argv)
+    assert_clean(got, err, code, needle)
+    if case == "nan-generate":
+        assert "NaN" not in out and "<|startoftext|>" not in out  # nothing emitted from the broken logits
+
+
+@pytest.mark.parametrize("case, argv, needle", [
+    ("text-parts", ["generate", "--messages", "{tmp}/parts.json", "-n", "2", "--json"], '"prompt_ids"'),
+    ("bailing-moe-v2-type", ["verify", "{v2type}", "--static", "--no-checksums"], "OK"),
+    ("no-record", ["verify", "{no_record}", "--static"], "integrity could not be checked"),
+    ("show-tiny", ["show", "angel-tiny"], "angel-tiny"),
+    ("show-default", ["show"], "angel-tiny"),
+])
+def test_good_input_still_works(corpus, capsys, case, argv, needle):
+    argv = [a.format(**{k: v for k, v in corpus.items()}) for a in argv]
+    got, out, err = run_cli(capsys, argv)
+    assert got == 0, err
+    assert needle in out + err
