@@ -123,8 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=args, prog_name="angel", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130) and returns its code
+            print(INTERRUPTED_MESSAGE, file=sys.stderr)
     except cx["Exit"] as err:
         code = err.exit_code
+        if code == EXIT_INTERRUPTED:
+            print(INTERRUPTED_MESSAGE, file=sys.stderr)
     except cx["Abort"]:  # click turns Ctrl-C into Abort
         print(INTERRUPTED_MESSAGE, file=sys.stderr)
         code = EXIT_INTERRUPTED
