@@ -60,6 +60,14 @@ def _poison(d: Path, value: float) -> str:
     return name
 
 
+def _write_sha256sums(d: Path) -> None:
+    """checksums.sha256 as `sha256sum` writes it (independent of angel's own writer)."""
+    import hashlib
+
+    lines = [f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.iterdir()) if p.is_file()]
+    (d / "checksums.sha256").write_text("".join(lines))
+
+
 def _flip_byte(path: Path, offset: int = -1000) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x55
@@ -100,9 +108,7 @@ def corpus(tmp_path_factory):
     c["bad_sums"] = _copy_tiny(root / "bad_sums")
     (c["bad_sums"] / "checksums.sha256").write_text("this is not a checksum line\n")
     c["flipped"] = _copy_tiny(root / "flipped")
-    from angelcli.checksums import write_checksums
-
-    write_checksums(c["flipped"])
+    _write_sha256sums(c["flipped"])
     _flip_byte(c["flipped"] / "model-00001-of-00002.safetensors")
     c["no_record"] = _copy_tiny(root / "no_record")
     (root / "batch.jsonl").write_text("\n".join([
