@@ -54,6 +54,8 @@ def parse_input_ids(text: str) -> list[int]:
         raise UsageError(f"--input-ids: expected comma-separated integers, got {text!r}") from None
     if not ids:
         raise UsageError("--input-ids: no ids given")
+    if min(ids) < 0:
+        raise UsageError(f"--input-ids: token ids are >= 0, got {min(ids)}")
     return ids
 
 

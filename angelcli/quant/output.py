@@ -130,7 +130,7 @@ def check_writable(out: Path) -> None:
 
     parent = existing_parent(out)
     if not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is not a directory")
+        raise UsageError(f"--out {out}: cannot write there ({parent} is not a directory)")
     try:
         total = shutil.disk_usage(parent).total
     except OSError as err:
