@@ -111,6 +111,22 @@ def corpus(tmp_path_factory):
     _write_sha256sums(c["flipped"])
     _flip_byte(c["flipped"] / "model-00001-of-00002.safetensors")
     c["no_record"] = _copy_tiny(root / "no_record")
+    c["bad_tok"] = _copy_tiny(root / "bad_tok")
+    (c["bad_tok"] / "tokenizer.json").write_text('{"broken\n')
+    c["bad_tpl"] = _copy_tiny(root / "bad_tpl")
+    tcfg = json.loads((c["bad_tpl"] / "tokenizer_config.json").read_text())
+    tcfg["chat_template"] = "{% for m in messages %}{{ m.content }{% endfor %}"
+    (c["bad_tpl"] / "tokenizer_config.json").write_text(json.dumps(tcfg))
+    c["str_experts"] = _copy_tiny(root / "str_experts")
+    _edit_config(c["str_experts"], num_experts="64")
+    c["garbage_shard"] = _copy_tiny(root / "garbage_shard")
+    (c["garbage_shard"] / "model-00001-of-00002.safetensors").write_bytes(b"garbage-garbage-garbage")
+    c["empty_shard"] = _copy_tiny(root / "empty_shard")
+    (c["empty_shard"] / "model-00002-of-00002.safetensors").write_bytes(b"")
+    c["bad_gen"] = _copy_tiny(root / "bad_gen")
+    (c["bad_gen"] / "generation_config.json").write_text("{x")
+    c["bad_index"] = _copy_tiny(root / "bad_index")
+    (c["bad_index"] / "model.safetensors.index.json").write_text('{"weight_map": 5}')
     (root / "batch.jsonl").write_text("\n".join([
         json.dumps({"prompt": "What is a fever?", "max_new_tokens": 3, "id": "a"}),
         json.dumps({"prompt": "x", "max_new_tokens": -1}),
@@ -199,10 +215,21 @@ CASES = [
     ("ling-2.5", ["verify", "{v25}", "--static"], 2, "architecture BailingMoeV2_5ForCausalLM is not supported"),
     ("ling-3", ["quantize", "{v3}", "--fp8", "--out", "{tmp}/q-v3"], 2, "serve it with SGLang"),
     ("config-not-json", ["generate", "{bad_json_cfg}", "-p", "hi"], 2, "config.json"),
+    ("config-string-field", ["generate", "{str_experts}", "-p", "hi"], 2, "'num_experts' must be a positive integer"),
+    ("tokenizer-corrupt", ["generate", "{bad_tok}", "-p", "hi", "-n", "2"], 2, "cannot load the tokenizer"),
+    ("chat-template-broken", ["generate", "{bad_tpl}", "-p", "hi", "-n", "2"], 2,
+     "tokenizer_config.json: the chat template failed"),
+    ("chat-template-broken-chat", ["chat", "{bad_tpl}", "--once", "hi", "-n", "2"], 2, "the chat template failed"),
+    ("chat-once-empty", ["chat", "--once", " "], 2, "--once: the message is empty"),
+    ("generation-config-not-json", ["generate", "{bad_gen}", "-p", "hi", "-n", "2"], 2, "generation_config.json"),
+    ("input-ids-negative", ["generate", "--input-ids", "5,-1"], 2, "--input-ids: token ids are >= 0"),
     # integrity: exit 3 naming the file / tensor
     ("truncated-shard", ["generate", "{truncated}", "-p", "hi"], 3, "model-00002-of-00002.safetensors"),
     ("truncated-shard-verify", ["verify", "{truncated}", "--static"], 3, "model-00002-of-00002.safetensors"),
     ("missing-shard", ["generate", "{no_shard}", "-p", "hi"], 3, "model-00001-of-00002.safetensors"),
+    ("garbage-shard", ["generate", "{garbage_shard}", "-p", "hi"], 3, "model-00001-of-00002.safetensors"),
+    ("empty-shard", ["verify", "{empty_shard}", "--static"], 3, "model-00002-of-00002.safetensors"),
+    ("index-not-a-map", ["generate", "{bad_index}", "-p", "hi"], 3, "model.safetensors.index.json"),
     ("flipped-byte", ["verify", "{flipped}", "--static"], 3, "model-00001-of-00002.safetensors: sha256 mismatch"),
     ("flipped-byte-only", ["verify", "{flipped}", "--checksums-only"], 3, "sha256 mismatch"),
     ("bad-checksum-file", ["verify", "{bad_sums}", "--checksums-only"], 3, "checksums.sha256:1"),
