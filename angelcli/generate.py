@@ -141,6 +141,10 @@ def run_request(rt, req: GenRequest, params: SamplingParams, on_text: Callable[[
     """Generate for one request; on_text receives decoded text as it streams. Returns the JSON result."""
     prompt_text, prompt_ids, tok = prepare_prompt(rt, req)
     params = replace(params, stop_ids=tuple(rt.eos_ids))
+    limit = getattr(rt.engine, "max_seq_len", None)
+    if limit is not None and len(prompt_ids) >= limit:
+        raise UsageError(f"the prompt has {len(prompt_ids)} tokens and does not fit the context of {limit} tokens "
+                         f"(--max-seq-len, at most the model's max_position_embeddings)")
     res = _Result(prompt_text, prompt_ids, tok, params, on_text)
     for step in rt.engine.generate(prompt_ids, params):
         if not res.add(step):

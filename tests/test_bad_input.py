@@ -184,6 +184,8 @@ CASES = [
     ("max-seq-len-neg", ["generate", "-p", "hi", "--max-seq-len", "-3"], 2, "--max-seq-len must be >= 1"),
     ("max-seq-len-huge", ["generate", "-p", "hi", "--max-seq-len", "100000"], 2, "max_position_embeddings (4096)"),
     ("empty-prompt", ["generate", "--prompt", ""], 2, "--prompt is empty"),
+    ("prompt-too-long", ["generate", "-p", "a fairly long prompt about many things", "--max-seq-len", "8"], 2,
+     "does not fit the context of 8 tokens (--max-seq-len"),
     ("draft-k-0", ["generate", "-p", "hi", "--draft-k", "0"], 2, "--draft-k must be >= 1"),
     ("draft-eval-prompts-0", ["draft-eval", "--prompts", "0"], 2, "--prompts must be >= 1"),
     ("verify-max-tokens-0", ["verify", "--max-tokens", "0"], 2, "--max-tokens"),
