@@ -47,7 +47,7 @@ def check_overrides(obj: dict, where: str) -> dict:
         "temperature": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
         "top_p": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
         "top_k": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-        "seed": (lambda v: v is None or (_is_int(v) and v >= 0), "an integer >= 0 or null"),
+        "seed": (lambda v: v is None or (_is_int(v) and -2**63 <= v < 2**64), "a 64-bit integer or null"),
         "logprobs": (lambda v: _is_int(v) and 0 <= v <= 20, "an integer from 0 to 20"),
     }
     out = {}

@@ -34,6 +34,8 @@ class SamplingParams:
             raise UsageError("--max-new-tokens must be >= 0")
         if self.logprobs < 0:
             raise UsageError("--logprobs must be >= 0")
+        if self.seed is not None and not -2**63 <= self.seed < 2**64:  # torch generators take 64-bit seeds
+            raise UsageError(f"--seed must be a 64-bit integer, got {self.seed}")
 
     @property
     def greedy(self) -> bool:
