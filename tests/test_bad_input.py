@@ -43,6 +43,7 @@ CASES = [
     ("unknown-verb", ["frobnicate"], 2, "frobnicate"),
     ("temperature-neg", ["generate", "-p", "hi", "--temperature", "-1"], 2, "--temperature"),
     ("top-p-0", ["generate", "-p", "hi", "--top-p", "0"], 2, "--top-p"),
+    ("temperature-nan", ["generate", "-p", "hi", "-t", "nan"], 2, "--temperature must be >= 0 and finite"),
     ("seed-huge", ["generate", "-p", "hi", "-t", "1", "--seed", str(10 ** 24)], 2, "--seed must be a 64-bit integer"),
     ("logprobs-huge", ["generate", "-p", "hi", "--logprobs", "100000"], 2, "--logprobs"),
     ("input-ids-text", ["generate", "--input-ids", "a,b"], 2, "--input-ids"),
