@@ -65,6 +65,8 @@ def describe(model: str) -> dict[str, Any]:
     if config is None:
         config = aliases.bundled_config(manifest.repo if manifest else model)
         config_source = "bundled (spec values; the hub's config.json replaces it once pulled)" if config else None
+    if manifest is None and config is None and path is not None and path.is_dir():
+        raise UsageError(f"{path}: no config.json in this directory (not a model directory)")
     if manifest is None and config is None and not (path and path.is_dir()):
         raise UsageError(f"MODEL '{model}': not a directory, not in the store and not an alias (angel list shows "
                          f"the store)")

@@ -55,6 +55,10 @@ CASES = [
     ("batch-empty", ["generate", "--batch", "{tmp}/empty.jsonl"], 2, "no requests"),
     ("batch-and-prompt", ["generate", "--batch", "{tmp}/empty.jsonl", "-p", "x"], 2, "--batch cannot be combined"),
     ("quantize-no-format", ["quantize"], 2, "--fp8"),
+    ("quantize-workers-neg", ["quantize", "--fp8", "--workers", "-1", "--out", "{tmp}/q-w"], 2, "--workers"),
+    ("verify-plot-unwritable", ["verify", "--plot", "/proc/angel.png"], 2, "--plot /proc/angel.png: cannot write"),
+    ("pull-bad-repo-id", ["pull", "../x", "--dry-run"], 2, "MODEL '../x' is neither an alias"),
+    ("show-not-a-model", ["show", "{tmp}"], 2, "no config.json"),
     # issue 16.5: unwritable output is usage, not resources
     ("quantize-out-proc", ["quantize", "--fp8", "--out", "/proc/angel-x"], 2, "not writable"),
     # issue 16.7: a missing architecture field is named, not blamed on the weights

@@ -68,6 +68,10 @@ def verify(
                          workers=workers,
                          thresholds=Thresholds(max_dead_share=max_dead, min_entropy=min_entropy,
                                                min_jaccard=min_jaccard, max_kl=max_kl))
+    if plot is not None:
+        from angelcli.verify.run import check_plot_path
+
+        check_plot_path(plot)
     report, checks = run_verify(model, opts)
     if json_out:
         emit_json(report)

@@ -135,6 +135,8 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
     from angelcli.quant import stream
 
     schemes.check_choice(opts.scheme, opts.targets)
+    if opts.workers < 0:  # before anything is created on disk
+        raise UsageError("--workers must be >= 1 (or 0 for one per CPU core)")
     out = Path(out).expanduser().resolve()
     check_writable(out)
     if opts.dry_run:

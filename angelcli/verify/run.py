@@ -186,4 +186,19 @@ def write_plot(report: dict, path: Path) -> None:
     layers = (report.get("routing") or {}).get("layers") or []
     if not layers:
         raise UsageError("--plot needs routing data: drop --static")
-    load_heatmap(layers, path, title=f"{report['model']}: expert load / mean")
+    try:
+        load_heatmap(layers, path, title=f"{report['model']}: expert load / mean")
+    except OSError as err:
+        raise UsageError(f"--plot {path}: cannot write ({err.strerror or err})") from None
+
+
+def check_plot_path(path: Path) -> None:
+    """--plot's directory must exist and be writable: said before a long routing run, not after it."""
+    import os
+    import shutil
+
+    parent = Path(path).expanduser().parent
+    if not parent.is_dir():
+        raise UsageError(f"--plot {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or shutil.disk_usage(parent).total == 0:
+        raise UsageError(f"--plot {path}: cannot write there ({parent} is not writable)")
