@@ -111,10 +111,13 @@ def progress(description: str, total: float | None = None, unit: str = "it") -> 
         yield _PlainProgress(description, total, unit)
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
 
+    # bytes as "1.2/4.5 GB 300 MB/s", everything else as "3/24"
+    counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "B" else (MofNCompleteColumn(),)
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
         TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
         console=Console(stderr=True), transient=False,
     ) as p:
