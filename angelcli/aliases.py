@@ -16,6 +16,8 @@ The name "angel-tiny" (the embedded test model) is resolved by angelcli/resolve.
 
 from __future__ import annotations
 
+import re
+
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -85,9 +87,13 @@ def resolve_repo_id(name: str) -> str | None:
     if alias is not None:
         return alias.repo_id
     parts = name.strip().strip("/").split("/")
-    if len(parts) == 2 and all(parts):
+    if len(parts) == 2 and all(_HUB_NAME.fullmatch(p) and ".." not in p and "--" not in p for p in parts):
         return "/".join(parts)
     return None
+
+
+# What the hub accepts as an org or repo name (alphanumerics, '-', '_', '.', not at either end, <= 96 chars).
+_HUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
 
 
 def bundled_config(name_or_repo: str) -> dict[str, Any] | None:

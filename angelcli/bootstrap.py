@@ -45,6 +45,29 @@ def _run(cmd: list[str], check: bool = True, **kw) -> int:
     return rc
 
 
+def _pip(pip: list[str], args: list[str], what: str, fallback: str | None = None) -> bool:
+    """One pip step with one summary line: pip's own output (progress, retries, warnings; >100 lines when an
+    index is unreachable) is kept and shown, last lines only, when the step fails for good. With `fallback`
+    a failure is expected and only says what is tried next."""
+    import time
+
+    start = time.monotonic()
+    _say(f"{what} ...")
+    proc = subprocess.run(pip + ["--no-input", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace")
+    if proc.returncode == 0:
+        _say(f"{what}: done ({time.monotonic() - start:.0f} s)")
+        return True
+    if fallback:
+        _say(f"{what}: not available ({fallback})")
+        return False
+    tail = [ln for ln in proc.stdout.splitlines() if ln.strip()][-15:]
+    for ln in tail:
+        print(f"    {ln}", file=sys.stderr)
+    _say(f"{what}: pip failed with exit code {proc.returncode} (its last lines are above)")
+    sys.exit(proc.returncode)
+
+
 def _has_gpu() -> bool:
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -77,13 +100,18 @@ def ensure_venv(extras: str) -> None:
     if not have_torch:
         spec = os.environ.get("ANGEL_TORCH_SPEC")
         if spec:
-            _run(pip + ["install", spec])
+            _pip(pip, ["install", spec], f"installing {spec}")
         elif _has_gpu():
-            _run(pip + ["install", GPU_TORCH])
-        # CPU: local wheels first (no network), then the PyTorch CPU index.
-        elif _run(pip + ["install", "--no-index", CPU_TORCH], check=False) != 0:
-            _run(pip + ["install", CPU_TORCH, "--index-url", CPU_INDEX])
-    _run(pip + ["install", "-e", f"{ROOT}[{extras}]" if extras else str(ROOT)])
+            _pip(pip, ["install", GPU_TORCH], f"installing {GPU_TORCH}")
+        # CPU: local wheels first (no network), then the PyTorch CPU index (one try, short timeout: a machine
+        # whose pip reaches only its configured index would otherwise print pages of retries), then that index.
+        elif not _pip(pip, ["install", "--no-index", CPU_TORCH], f"installing {CPU_TORCH} from local wheels",
+                      fallback="trying the PyTorch CPU index"):
+            if not _pip(pip, ["install", CPU_TORCH, "--index-url", CPU_INDEX, "--retries", "0", "--timeout", "15"],
+                        f"installing {CPU_TORCH} from {CPU_INDEX}", fallback="trying the configured index"):
+                _pip(pip, ["install", CPU_TORCH], f"installing {CPU_TORCH}")
+    _pip(pip, ["install", "-e", f"{ROOT}[{extras}]" if extras else str(ROOT)],
+         f"installing angel{f'[{extras}]' if extras else ''} and its dependencies")
     # The stock `lm_eval --model angel` needs "angel" registered in its process: a start-up hook does it
     # (angelcli/eval/lm_eval_hook.py explains why a .pth file and not an entry point).
     _run([str(py), "-c", "from angelcli.eval.lm_eval_hook import install_pth; install_pth()"])

@@ -18,6 +18,9 @@ import typer
 
 from angelcli.errors import EXIT_INTERRUPTED, AngelError
 
+INTERRUPTED_MESSAGE = ("angel: interrupted (exit 130); finished work is kept: run the same command again to resume "
+                       "(pull and quantize continue where they stopped)")
+
 # (verb, "module:function"). A verb module is imported when the app is built; keep those imports light.
 COMMANDS: list[tuple[str, str]] = [
     ("generate", "angelcli.commands.generate:generate"),
@@ -76,6 +79,26 @@ def _register() -> None:
 _register()
 
 
+def _quiet_flag_types() -> None:
+    """Plain flags (--json, --raw) take no value; typer's help would still print `<bool>` after them."""
+    try:
+        from typer.core import TyperOption
+    except ImportError:
+        return
+    orig = getattr(TyperOption, "display_type_rich", None)
+    if orig is None or getattr(orig, "_angel", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else orig(self, ctx)
+
+    display_type_rich._angel = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_quiet_flag_types()
+
+
 def _click_exceptions() -> dict[str, tuple[type, ...]]:
     """Exception classes of click and of typer's vendored copy of click (newer typer ships its own)."""
     mods = []
@@ -102,18 +125,27 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rv = app(args=args, prog_name="angel", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
+        if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C into a silent Exit(130) and returns its code
+            print(INTERRUPTED_MESSAGE, file=sys.stderr)
     except cx["Exit"] as err:
         code = err.exit_code
-    except cx["Abort"]:
+        if code == EXIT_INTERRUPTED:
+            print(INTERRUPTED_MESSAGE, file=sys.stderr)
+    except cx["Abort"]:  # click turns Ctrl-C into Abort
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
         code = EXIT_INTERRUPTED
     except cx["ClickException"] as err:
-        err.show()
+        # One line like every other angel error (click's own format is a three-line usage block).
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        msg = " ".join(err.format_message().split())
+        print(f"angel: error: {msg}{hint}", file=sys.stderr)
         code = err.exit_code
     except AngelError as err:
         print(f"angel: error: {err}", file=sys.stderr)
         code = err.exit_code
     except KeyboardInterrupt:
-        print("angel: interrupted", file=sys.stderr)
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
         code = EXIT_INTERRUPTED
     except BrokenPipeError:
         code = 0

@@ -17,6 +17,30 @@ from typing import Any
 from angelcli.errors import UsageError
 
 MODEL_TYPES = ("bailing_moe", "bailing_moe_v2")
+# Later Ling generations (2.5, 2.6, 3.x, including Ling-3.0-flash-Sante) change the layer stack (hybrid linear
+# attention, new routing); their configs would load here only to fail later with a shape error.
+UNSUPPORTED_ARCHS = {"bailing_hybrid": "bailing_hybrid", "BailingMoeV2_5ForCausalLM": "BailingMoeV2_5ForCausalLM",
+                     "BailingMoeV3ForCausalLM": "BailingMoeV3ForCausalLM"}
+# Fields that size the network: a default would silently describe some other model, so they must be given.
+REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_experts",
+                   "num_experts_per_tok", "moe_intermediate_size")
+
+
+def unsupported_architecture(data: dict) -> str | None:
+    """The name of a known-but-unsupported Bailing architecture in a config dict, else None."""
+    names = [data.get("model_type")] + list(data.get("architectures") or [])
+    for n in names:
+        if isinstance(n, str) and (n in UNSUPPORTED_ARCHS or n.startswith("BailingMoeV3")
+                                   or n.startswith("BailingMoeV2_5") or n.startswith("bailing_hybrid")):
+            return n
+    return None
+
+
+def check_architecture(data: dict, source: str = "config.json") -> None:
+    """UsageError (exit 2) for a config of a Bailing generation angel's engine does not implement."""
+    name = unsupported_architecture(data)
+    if name is not None:
+        raise UsageError(f"{source}: architecture {name} is not supported by angel's engine; serve it with SGLang")
 
 
 @dataclass
@@ -85,6 +109,7 @@ class ModelConfig:
         def bad(name: str, why: str) -> UsageError:
             return UsageError(f"config.json: field '{name}' {why}")
 
+        check_architecture({"model_type": self.model_type, "architectures": self.architectures})
         if self.model_type not in MODEL_TYPES:
             raise bad("model_type", f"is {self.model_type!r}; angel runs {' / '.join(MODEL_TYPES)} (BailingMoeV2)")
         if self.score_function != "sigmoid":
@@ -180,9 +205,12 @@ class ModelConfig:
             raise UsageError(f"{path}: not valid JSON ({err})") from None
         if not isinstance(data, dict):
             raise UsageError(f"{path}: expected a JSON object")
-        for key, typ in (("hidden_size", int), ("num_hidden_layers", int), ("num_experts", int)):
-            if key in data and not isinstance(data[key], typ):
-                raise UsageError(f"{path}: field '{key}' must be an integer, got {data[key]!r}")
+        check_architecture(data, str(path))
+        for key in REQUIRED_FIELDS:
+            if key not in data:
+                raise UsageError(f"{path}: field '{key}' is missing (it sizes the network; no default is assumed)")
+            if not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1:
+                raise UsageError(f"{path}: field '{key}' must be a positive integer, got {data[key]!r}")
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

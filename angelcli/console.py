@@ -30,9 +30,24 @@ def warn(msg: str) -> None:
     print(f"angel: warning: {msg}", file=sys.stderr, flush=True)
 
 
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None, recursively (bare NaN is not JSON; a consumer's parser would reject the line)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def emit_json(obj: Any) -> None:
-    """Write one JSON document to stdout (one line, UTF-8, non-ASCII kept)."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    """Write one JSON document to stdout (one line, UTF-8, non-ASCII kept, always strict JSON)."""
+    try:
+        text = json.dumps(obj, ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(obj), ensure_ascii=False, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
@@ -73,8 +88,14 @@ class _PlainProgress:
 
     def _line(self, note: str | None) -> None:
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        total = f"/{self.total:g}" if self.total is not None else ""
         extra = f" {note}" if note else ""
+        if self.unit == "B":  # bytes read as 21.3 MB, not 2.23455e+07 B
+            from angelcli.pull_progress import human_bytes
+
+            total = f"/{human_bytes(self.total)}" if self.total is not None else ""
+            log(f"{self.description}: {human_bytes(self.done)}{total} ({human_bytes(self.done / elapsed)}/s){extra}")
+            return
+        total = f"/{self.total:g}" if self.total is not None else ""
         log(f"{self.description}: {self.done:g}{total} {self.unit} ({self.done / elapsed:.1f} {self.unit}/s){extra}")
 
 
@@ -99,10 +120,13 @@ def progress(description: str, total: float | None = None, unit: str = "it") -> 
         yield _PlainProgress(description, total, unit)
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn, TransferSpeedColumn)
 
+    # bytes as "1.2/4.5 GB 300 MB/s", everything else as "3/24"
+    counts = (DownloadColumn(), TransferSpeedColumn()) if unit == "B" else (MofNCompleteColumn(),)
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(), *counts, TimeElapsedColumn(),
         TimeRemainingColumn(), TextColumn("{task.fields[note]}"),
         console=Console(stderr=True), transient=False,
     ) as p:

@@ -46,30 +46,38 @@ def _read_config(path: Path) -> dict[str, Any] | None:
 
 def describe(model: str) -> dict[str, Any]:
     """Everything `angel show` prints, as a JSON-able dict. UsageError when MODEL is unknown."""
+    from angelcli.resolve import TINY_NAME, tiny_path
+
     manifest: store.Manifest | None = None
-    path = Path(model).expanduser()
-    if path.is_dir():
+    tiny = not model or model == TINY_NAME
+    path = tiny_path() if tiny else Path(model).expanduser()
+    if tiny:
+        pass
+    elif path.is_dir():
         path = path.resolve()
         manifest = next((m for m in store.list_manifests() if m.dir.resolve() == path), None)
     else:
         manifest = store.find(model)
         path = manifest.dir if manifest is not None else None
-    alias = aliases.find_alias(model) or (aliases.alias_for_repo(manifest.repo) if manifest else None)
+    alias = None if tiny else aliases.find_alias(model) or (aliases.alias_for_repo(manifest.repo) if manifest else None)
     config = _read_config(path) if path is not None and path.is_dir() else None
     config_source = "local" if config is not None else None
     if config is None:
         config = aliases.bundled_config(manifest.repo if manifest else model)
         config_source = "bundled (spec values; the hub's config.json replaces it once pulled)" if config else None
+    if manifest is None and config is None and path is not None and path.is_dir():
+        raise UsageError(f"{path}: no config.json in this directory (not a model directory)")
     if manifest is None and config is None and not (path and path.is_dir()):
         raise UsageError(f"MODEL '{model}': not a directory, not in the store and not an alias (angel list shows "
                          f"the store)")
     info: dict[str, Any] = {
-        "name": manifest.repo if manifest else (alias.repo_id if alias else str(path)),
+        "name": TINY_NAME if tiny else manifest.repo if manifest else (alias.repo_id if alias else str(path)),
         "alias": alias.name if alias else None,
         "description": alias.description if alias else None,
         "path": str(path) if path is not None else None,
         "pulled": manifest is not None,
         "config_source": config_source,
+        "embedded": tiny,
     }
     if manifest is not None:
         info.update(
@@ -77,6 +85,7 @@ def describe(model: str) -> dict[str, Any]:
             endpoint=manifest.endpoint, pulled_at=manifest.pulled_at, files=len(manifest.files),
             remote_files=manifest.remote_files, size_on_disk=store.size_on_disk(manifest),
             missing_files=store.missing_files(manifest), draft=store.attached_draft(manifest), kind=manifest.kind,
+            corrupt_files=list(manifest.corrupt), verified_at=manifest.verified_at,
         )
     if config:
         info["architecture"] = (config.get("architectures") or [None])[0]
@@ -100,6 +109,9 @@ def format_text(info: dict[str, Any]) -> str:
         rows.append(("alias", f"{info['alias']} - {info['description']}"))
     if info["pulled"]:
         state = "complete" if info.get("complete") else f"incomplete ({len(info.get('missing_files') or [])} missing)"
+        if info.get("corrupt_files"):
+            bad = info["corrupt_files"]
+            state = f"corrupt ({bad[0]}{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}; angel pull repairs it)"
         rows += [("path", info["path"]), ("status", state),
                  ("commit", f"{info.get('commit')} ({info.get('revision')})"),
                  ("source", f"{info.get('source')} {info.get('endpoint') or ''}".strip()),
@@ -107,6 +119,8 @@ def format_text(info: dict[str, Any]) -> str:
                  ("files", f"{info.get('files')} of {info.get('remote_files')} in the repo"),
                  ("size on disk", human_bytes(info.get("size_on_disk") or 0)),
                  ("draft", info.get("draft") or "none attached")]
+    elif info.get("embedded"):
+        rows += [("path", info["path"]), ("status", "embedded (ships with angel; the default MODEL)")]
     else:
         rows.append(("status", f"not pulled (angel pull {info.get('alias') or info['name']})"
                      if info.get("alias") else "not in the store"))

@@ -24,21 +24,27 @@ class GenRequest:
     raw: bool = False  # use `prompt` as-is, without the chat template
 
     def validate(self, where: str) -> None:
+        """Check the request's shape; messages are normalised in place (angelcli.messages)."""
+        from angelcli.messages import normalize_messages
+
         given = [x is not None for x in (self.prompt, self.messages, self.input_ids)]
         if sum(given) != 1:
             raise UsageError(f"{where}: give exactly one of prompt, messages or input_ids")
         if self.messages is not None:
-            if not isinstance(self.messages, list) or not self.messages:
-                raise UsageError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
-            for i, m in enumerate(self.messages):
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-                    raise UsageError(f"{where}: messages[{i}] needs a string 'role' and a 'content'")
+            self.messages = normalize_messages(self.messages, f"{where}: messages")
         if self.input_ids is not None:
             if not isinstance(self.input_ids, list) or not self.input_ids or not all(
                     isinstance(i, int) and not isinstance(i, bool) for i in self.input_ids):
                 raise UsageError(f"{where}: 'input_ids' must be a non-empty list of integers")
-        if self.prompt is not None and not isinstance(self.prompt, str):
-            raise UsageError(f"{where}: 'prompt' must be a string")
+            if any(i < 0 for i in self.input_ids):
+                raise UsageError(f"{where}: 'input_ids' holds a negative id ({min(self.input_ids)})")
+        if self.prompt is not None:
+            if not isinstance(self.prompt, str):
+                raise UsageError(f"{where}: 'prompt' must be a string")
+            if not self.prompt.strip() and not self.raw:
+                raise UsageError(f"{where}: 'prompt' is empty (type a message)")
+        if self.system is not None and not isinstance(self.system, str):
+            raise UsageError(f"{where}: 'system' must be a string")
 
 
 def parse_input_ids(text: str) -> list[int]:
@@ -48,6 +54,8 @@ def parse_input_ids(text: str) -> list[int]:
         raise UsageError(f"--input-ids: expected comma-separated integers, got {text!r}") from None
     if not ids:
         raise UsageError("--input-ids: no ids given")
+    if min(ids) < 0:
+        raise UsageError(f"--input-ids: token ids are >= 0, got {min(ids)}")
     return ids
 
 
@@ -58,42 +66,16 @@ def read_messages_file(path: Path) -> list[dict]:
         raise UsageError(f"--messages {path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"--messages {path}: not valid JSON ({err})") from None
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--messages {path}: cannot read ({err})") from None
     if isinstance(data, dict) and "messages" in data:
         data = data["messages"]
-    GenRequest(messages=data).validate(f"--messages {path}")
-    return data
+    from angelcli.messages import normalize_messages
+
+    return normalize_messages(data, f"--messages {path}: messages")
 
 
 _SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "seed", "logprobs"}
-
-
-def read_batch_file(path: Path) -> list[tuple[GenRequest, dict]]:
-    """One request per line: {"prompt"|"messages"|"input_ids", optional "system", "raw", sampling overrides}."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UsageError(f"--batch {path}: no such file") from None
-    out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise UsageError(f"{where}: each line must be a JSON object")
-        unknown = set(obj) - {"prompt", "messages", "input_ids", "system", "raw", "id"} - _SAMPLING_KEYS
-        if unknown:
-            raise UsageError(f"{where}: unknown field '{sorted(unknown)[0]}'")
-        req = GenRequest(obj.get("prompt"), obj.get("messages"), obj.get("input_ids"), obj.get("system"),
-                         bool(obj.get("raw", False)))
-        req.validate(where)
-        out.append((req, {k: obj[k] for k in _SAMPLING_KEYS | {"id"} if k in obj}))
-    if not out:
-        raise UsageError(f"--batch {path}: no requests in the file")
-    return out
 
 
 def prepare_prompt(rt, req: GenRequest):
@@ -159,6 +141,10 @@ def run_request(rt, req: GenRequest, params: SamplingParams, on_text: Callable[[
     """Generate for one request; on_text receives decoded text as it streams. Returns the JSON result."""
     prompt_text, prompt_ids, tok = prepare_prompt(rt, req)
     params = replace(params, stop_ids=tuple(rt.eos_ids))
+    limit = getattr(rt.engine, "max_seq_len", None)
+    if limit is not None and len(prompt_ids) >= limit:
+        raise UsageError(f"the prompt has {len(prompt_ids)} tokens and does not fit the context of {limit} tokens "
+                         f"(--max-seq-len, at most the model's max_position_embeddings)")
     res = _Result(prompt_text, prompt_ids, tok, params, on_text)
     for step in rt.engine.generate(prompt_ids, params):
         if not res.add(step):
@@ -168,14 +154,29 @@ def run_request(rt, req: GenRequest, params: SamplingParams, on_text: Callable[[
 
 def run_batch(rt, jobs: list[tuple[GenRequest, dict]], params: SamplingParams) -> list[dict]:
     """Generate for several requests decoded together (engine.generate_batch); results in input order.
-    Each job's dict overrides sampling fields (max_new_tokens, temperature, top_p, top_k, seed, logprobs)."""
-    collectors, prompts, plist = [], [], []
-    for req, over in jobs:
-        prompt_text, prompt_ids, tok = prepare_prompt(rt, req)
-        p = replace(params, **{k: v for k, v in over.items() if k in _SAMPLING_KEYS}, stop_ids=tuple(rt.eos_ids))
+    Each job's dict overrides sampling fields (max_new_tokens, temperature, top_p, top_k, seed, logprobs).
+    A job that cannot run (its prompt does not fit, an id outside the vocabulary, ...) gets {"error": "..."}
+    as its result and the others still run."""
+    out: list[dict | None] = [None] * len(jobs)
+    collectors, prompts, plist, where = [], [], [], []
+    for n, (req, over) in enumerate(jobs):
+        try:
+            prompt_text, prompt_ids, tok = prepare_prompt(rt, req)
+            p = replace(params, **{k: v for k, v in over.items() if k in _SAMPLING_KEYS}, stop_ids=tuple(rt.eos_ids))
+            rt.engine.check_prompt(prompt_ids)
+            if len(prompt_ids) >= rt.engine.max_seq_len:
+                raise UsageError(f"prompt of {len(prompt_ids)} tokens does not fit the context of "
+                                 f"{rt.engine.max_seq_len} tokens (--max-seq-len)")
+        except UsageError as err:
+            out[n] = {"error": str(err)}
+            continue
         collectors.append(_Result(prompt_text, prompt_ids, tok, p))
         prompts.append(prompt_ids)
         plist.append(p)
-    for i, step in rt.engine.generate_batch(prompts, plist):
-        collectors[i].add(step)
-    return [c.result(st) for c, st in zip(collectors, rt.engine.batch_stats)]
+        where.append(n)
+    if prompts:
+        for i, step in rt.engine.generate_batch(prompts, plist):
+            collectors[i].add(step)
+        for n, c, st in zip(where, collectors, rt.engine.batch_stats):
+            out[n] = c.result(st)
+    return out  # type: ignore[return-value]

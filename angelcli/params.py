@@ -71,6 +71,9 @@ def _blocks(rows: int, cols: int, block: tuple[int, int]) -> int:
 
 def count_params(config: dict[str, Any]) -> ParamCount:
     """Exact counts for a BailingMoeV2 config dict (config.json contents). UsageError names a bad field."""
+    from angelcli.config import check_architecture
+
+    check_architecture(config)
     if not is_bailing_moe(config):
         raise UsageError(f"parameter formula covers BailingMoeV2 only; model_type is {config.get('model_type')!r}")
     h = _req(config, "hidden_size")

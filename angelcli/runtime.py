@@ -67,13 +67,34 @@ class Runtime:
 
 
 def pick_device(device: str) -> str:
+    """auto | cpu | cuda | cuda:N -> the torch device string; UsageError for anything else."""
+    import re
+
     import torch
 
-    if device in ("auto", ""):
+    device = (device or "auto").strip().lower()
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UsageError(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        if ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def check_max_seq_len(max_seq_len: int | None, cfg: ModelConfig) -> None:
+    """--max-seq-len must be positive and within the positions the model was trained for (beyond them RoPE
+    extrapolates and the output is garbage, slowly)."""
+    if max_seq_len is None:
+        return
+    if max_seq_len < 1:
+        raise UsageError(f"--max-seq-len must be >= 1, got {max_seq_len}")
+    if max_seq_len > cfg.max_position_embeddings:
+        raise UsageError(f"--max-seq-len {max_seq_len} exceeds the model's max_position_embeddings "
+                         f"({cfg.max_position_embeddings})")
 
 
 def pick_backend(backend: str, device: str, dtype: str = "auto") -> str:
@@ -121,6 +142,7 @@ def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto"
         except ImportError:
             raise UsageError("--backend triton: triton is not installed (pip install triton)") from None
     cfg = ModelConfig.from_file(model_dir)
+    check_max_seq_len(max_seq_len, cfg)
     plan = None
     if dev.startswith("cuda"):
         from angelcli.planner import device_plan

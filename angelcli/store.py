@@ -13,7 +13,8 @@ so `angel rm` deletes only the files the manifest lists, never the user's direct
 Manifest (JSON): format, repo, alias, kind ("model" | "eagle3-draft"), source ("hf" | "modelscope"), endpoint,
 revision (as asked), commit (resolved), path, managed, complete, pulled_at (UTC ISO 8601), include, exclude,
 remote_files / remote_size (whole repo at that commit), files: [{path, size, sha256, git_sha1, mtime_ns}],
-draft (repo id of an attached draft or null), draft_for (repo ids a draft serves).
+draft (repo id of an attached draft or null), draft_for (repo ids a draft serves), corrupt (files `angel verify`
+found damaged), verified_at (last clean checksum verification).
 `mtime_ns` is set once a file was verified; a later pull trusts a file whose size and mtime still match and
 re-hashes any other.
 """
@@ -86,6 +87,8 @@ class Manifest:
     files: list[FileRecord] = field(default_factory=list)
     draft: str | None = None
     draft_for: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)  # files `angel verify` found damaged (cleared by a pull)
+    verified_at: str | None = None  # last `angel verify` whose checksums all matched
 
     @property
     def name(self) -> str:

@@ -28,8 +28,10 @@ def load_tokenizer(model_dir: str | Path):
     hf_logging.set_verbosity_error()
     try:
         tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"{model_dir}: cannot load the tokenizer ({str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - the tokenizers library raises bare Exception on a corrupt file
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"{model_dir}: cannot load the tokenizer ({first}); tokenizer.json or "
+                         "tokenizer_config.json is damaged") from None
     if not getattr(tok, "chat_template", None):
         # A checkpoint without a template is almost always a Ling-family export that lost it.
         tok.chat_template = _BUNDLED_TEMPLATE.read_text(encoding="utf-8")
@@ -41,7 +43,12 @@ def render_chat(tok, messages: list[dict], add_generation_prompt: bool = True) -
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise UsageError(f"messages[{i}]: each message needs a 'role' and 'content'")
-    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as err:  # noqa: BLE001 - jinja2 TemplateError and whatever a template raises itself
+        where = f"{getattr(tok, 'name_or_path', '') or 'model'}/tokenizer_config.json"
+        first = (str(err).splitlines() or [""])[0]
+        raise UsageError(f"{where}: the chat template failed ({type(err).__name__}: {first})") from None
 
 
 def encode(tok, text: str) -> list[int]:

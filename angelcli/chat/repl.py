@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 from angelcli.chat.slash import help_text, make_completer, open_block, run_slash, unwrap_block
-from angelcli.errors import EXIT_INTERRUPTED, AngelError
+from angelcli.errors import EXIT_USAGE, EXIT_INTERRUPTED, AngelError
 
 DISCLAIMER = "Note: answers come from a language model and are not medical advice; consult a clinician."
 _DIM, _RED, _RESET = "\x1b[2m", "\x1b[31m", "\x1b[0m"
@@ -39,6 +39,7 @@ class ChatIO:
         if color is None:
             color = interactive and not os.environ.get("NO_COLOR") and _isatty(self.out)
         self.color = color
+        self.errors = 0  # error() calls: a piped chat whose slash commands failed exits 2
 
     def _write(self, stream: TextIO, text: str, style: str = "") -> None:
         if self.color and style and text:
@@ -62,6 +63,7 @@ class ChatIO:
         self._write(self.out if self.interactive else self.err, text + "\n", _DIM)
 
     def error(self, text: str) -> None:
+        self.errors += 1
         self._write(self.out if self.interactive else self.err, f"error: {text}\n", _RED)
 
 
@@ -87,6 +89,7 @@ def reply(session, text: str, io: ChatIO, *, catch_interrupt: bool = True):
             (io.think if kind == "think" else io.answer)(chunk.text)
     except KeyboardInterrupt:
         stream.close()  # records the partial reply when the interrupt came between two chunks
+        session.record_interrupted()  # the interrupt came before the stream started: keep the question
         interrupted = True
     if kind == "think":  # the reply ended inside its reasoning
         _end_think(io)
@@ -128,7 +131,9 @@ def read_script(lines: Iterable[str]) -> Iterator[str]:
 
 
 def run_noninteractive(session, lines: Iterable[str], io: ChatIO, *, disclaimer: bool = True) -> int:
-    """Answer each prompt of `lines` in one conversation; AngelError (e.g. context full) ends with its code."""
+    """Answer each prompt of `lines` in one conversation; AngelError (e.g. context full) ends with its code.
+    A failed slash command (/load of a bad file, /save to an unwritable path) is reported and the script goes
+    on, but the exit status is 2 so that a script sees it."""
     if disclaimer:
         io.info(DISCLAIMER)
     for prompt in read_script(lines):
@@ -136,10 +141,10 @@ def run_noninteractive(session, lines: Iterable[str], io: ChatIO, *, disclaimer:
             continue
         if prompt.lstrip().startswith("/"):
             if run_slash(session, prompt, io):
-                return 0
+                break
             continue
         reply(session, prompt, io, catch_interrupt=False)
-    return 0
+    return EXIT_USAGE if io.errors else 0
 
 
 def open_history(path: Path | None, io: ChatIO):

@@ -188,10 +188,19 @@ class ChatSession:
             if limit is not None and len(prompt_ids) >= limit:
                 raise UsageError(f"the conversation ({len(prompt_ids)} tokens) no longer fits the context of "
                                  f"{limit} tokens; /clear starts over")
+        except KeyboardInterrupt:  # Ctrl-C while the prompt was prepared: the question stays, marked
+            self.record_interrupted()
+            raise
         except BaseException:
             self.messages.pop()
             raise
         return self._run(prompt_ids, prompt_text)
+
+    def record_interrupted(self) -> None:
+        """After Ctrl-C before the first token: keep the question with an empty reply marked interrupted
+        (a no-op when the reply was already recorded)."""
+        if self.messages and self.messages[-1].role == "user":
+            self.messages.append(Message("assistant", "", None, True, TurnStats(finish_reason="interrupted")))
 
     def _run(self, prompt_ids: list[int], prompt_text: str) -> Iterator[Chunk]:
         stop = () if self.ignore_eos else tuple(self.rt.eos_ids)

@@ -80,6 +80,8 @@ def save_transcript(session, path) -> str:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UsageError(f"/save {path}: is a directory; give a file name (.md or .json)")
+    if not path.parent.is_dir():  # never create directories the user did not ask for (e.g. at /)
+        raise UsageError(f"/save {path}: directory {path.parent} does not exist")
     fmt = "json" if path.suffix.lower() == ".json" else "markdown"
     text = (json.dumps(transcript_dict(session), indent=2, ensure_ascii=False) + "\n" if fmt == "json"
             else to_markdown(session))
@@ -109,7 +111,14 @@ def load_transcript(path):
         raw = data.get("messages") if isinstance(data, dict) else data
         if not isinstance(raw, list):
             raise UsageError(f"/load {path}: expected a transcript or a list of messages")
-        msgs = [Message.from_dict(m, f"/load {path}: messages[{i}]") for i, m in enumerate(raw)]
+        from angelcli.messages import normalize_messages
+
+        norm = normalize_messages(raw, f"/load {path}: messages")  # names the bad field; content parts joined
+        for i, n in enumerate(norm):
+            if n["role"] == "tool":
+                raise UsageError(f"/load {path}: messages[{i}].role: tool turns cannot be continued in a chat")
+        msgs = [Message.from_dict({**m, "role": n["role"], "content": n["content"]}, f"/load {path}: messages[{i}]")
+                for i, (m, n) in enumerate(zip(raw, norm))]
         system = data.get("system") if isinstance(data, dict) else None
     else:
         system, msgs = None, _parse_markdown(text, path)

@@ -61,6 +61,8 @@ def chat(
 
     if tp < 1:
         raise UsageError("--tp must be >= 1")
+    if once is not None and not once.strip():
+        raise UsageError("--once: the message is empty")
     extra = {}
     if tp != 1:
         if "tp" not in inspect.signature(open_runtime).parameters:

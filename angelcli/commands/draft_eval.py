@@ -46,6 +46,14 @@ def draft_eval(
     from angelcli.errors import CheckFailed
     from angelcli.runtime import open_runtime
 
+    from angelcli.errors import UsageError
+
+    if k < 1:
+        raise UsageError(f"--k must be >= 1, got {k}")
+    if prompts < 1:
+        raise UsageError(f"--prompts must be >= 1, got {prompts}")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if threads > 0:
         import torch
 
@@ -61,6 +69,14 @@ def draft_eval(
         record_measurement(rt.draft_dir, report)
     if json_out:
         emit_json(report)
+    else:  # the result is the command's data: stdout (the progress lines above went to stderr)
+        import sys
+
+        per = ", ".join("-" if a is None else f"{a:.2f}" for a in report["per_position_acceptance"])
+        sys.stdout.write(f"tau {report['tau']} at k={report['k']} on {report['prompts']} prompt(s); per-position "
+                         f"acceptance [{per}]; {report['target_passes_per_token']} target passes per token; "
+                         f"speedup {report['speedup']}x ({report['plain_tokens_per_s']} -> "
+                         f"{report['speculative_tokens_per_s']} tok/s)\n")
     if report["identical"] is False:
         raise CheckFailed(f"speculative greedy output differs from plain greedy on {len(report['mismatches'])} "
                           "prompt(s); this is a bug (or a near-tie in reduced precision)")

@@ -52,40 +52,40 @@ def generate(
     from angelcli.console import emit_json, log, progress
     from angelcli.engine.sampling import SamplingParams
     from angelcli.errors import UsageError
-    from angelcli.generate import (GenRequest, parse_input_ids, read_batch_file, read_messages_file, run_batch,
-                                   run_request)
+    from angelcli.batch_file import read_batch_file
+    from angelcli.generate import GenRequest, parse_input_ids, read_messages_file, run_batch, run_request
     from angelcli.runtime import open_runtime
 
+    if logprobs > 20:
+        raise UsageError(f"--logprobs must be between 0 and 20, got {logprobs}")
+    if draft_k < 1:
+        raise UsageError(f"--draft-k must be >= 1, got {draft_k}")
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                             seed=seed, logprobs=logprobs)
     if batch is not None:
         if any(x is not None for x in (prompt, messages, input_ids)):
             raise UsageError("--batch cannot be combined with --prompt, --messages or --input-ids")
-        jobs = read_batch_file(batch)
+        entries = read_batch_file(batch, system)
     else:
         req = GenRequest(prompt=prompt, system=system, raw=raw,
                          messages=read_messages_file(messages) if messages else None,
                          input_ids=parse_input_ids(input_ids) if input_ids else None)
         if req.prompt is None and req.messages is None and req.input_ids is None:
             raise UsageError("nothing to generate from: give --prompt, --messages, --input-ids or --batch")
+        if prompt is not None and not prompt.strip() and not raw:
+            raise UsageError("--prompt is empty (type a message)")
         req.validate("arguments")
         jobs = [(req, {})]
     if batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    if batch is not None and not any(e.job for e in entries):  # nothing runnable: no need to load the model
+        _run_batch_file(None, entries, params, batch_size, batch)
+        return
     rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, tp=tp,
                       use_draft=draft, draft=draft_path, draft_k=draft_k)
     try:
         if batch is not None:
-            with progress("generate", total=len(jobs), unit="requests") as bar:
-                for a in range(0, len(jobs), batch_size):
-                    group = jobs[a : a + batch_size]
-                    ids = [over.pop("id", a + n) for n, (_, over) in enumerate(group)]
-                    for req, _ in group:
-                        if req.system is None:
-                            req.system = system
-                    for rid, result in zip(ids, run_batch(rt, group, params)):
-                        emit_json({"id": rid, **result})
-                    bar.advance(len(group))
+            _run_batch_file(rt, entries, params, batch_size, batch)
             return
         req = jobs[0][0]
         stream = None if json_out else (lambda s: (sys.stdout.write(s), sys.stdout.flush()))
@@ -104,3 +104,40 @@ def generate(
     log(f"[{st['prompt_tokens']} prompt tokens, {st['generated_tokens']} generated, "
         f"first token {st['time_to_first_token'] * 1000:.0f} ms, {st['decode_tokens_per_s']:.1f} tok/s{tau}, "
         f"finish: {result['finish_reason']}]")
+
+
+def _run_batch_file(rt, entries, params, batch_size: int, path) -> None:
+    """Results in file order, a bad line's {"id", "line", "error"} in its place; exit 2 at the end if any failed."""
+    from angelcli.console import emit_json, progress
+    from angelcli.errors import UsageError
+    from angelcli.generate import run_batch
+
+    good = [e for e in entries if e.job is not None]
+    failed = []
+    cursor = 0  # entries before this index have been written
+
+    def write_upto(limit: int) -> None:
+        nonlocal cursor
+        while cursor < limit:
+            e = entries[cursor]
+            if e.error is not None:
+                failed.append(e)
+                emit_json(e.error_record())
+            elif e.result is not None:
+                emit_json(e.result)
+            cursor += 1
+
+    with progress("generate", total=len(good), unit="requests") as bar:
+        for a in range(0, len(good), batch_size):
+            group = good[a : a + batch_size]
+            for e, result in zip(group, run_batch(rt, [e.job for e in group], params)):
+                if "error" in result:
+                    e.error = f"{path}:{e.line}: {result['error']}"
+                else:
+                    e.result = {"id": e.id, **result}
+            write_upto(entries.index(group[-1]) + 1)
+            bar.advance(len(group))
+        write_upto(len(entries))
+    if failed:
+        raise UsageError(f"--batch {path}: {len(failed)} of {len(entries)} line(s) failed, the others were written "
+                         f"(first: {failed[0].error})")

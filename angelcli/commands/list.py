@@ -10,7 +10,8 @@ def list_models(
 ) -> None:
     """List the models in the local store.
 
-    Columns: name, alias, commit, size on disk, status (complete / partial), source, pull time.
+    Columns: name, alias, commit, size on disk, status (complete / partial / corrupt: `angel verify` found a
+    file that does not match its checksum; `angel pull` repairs it), source, pull time.
     """
     from angelcli import console, store
     from angelcli.pull_progress import human_bytes
@@ -18,10 +19,12 @@ def list_models(
     rows = []
     for m in store.list_manifests():
         missing = store.missing_files(m)
-        status = "complete" if m.complete and not missing else "partial"
+        # "corrupt" once `angel verify` found a file whose checksum does not match (until a pull repairs it)
+        status = "corrupt" if m.corrupt else "complete" if m.complete and not missing else "partial"
         rows.append({"name": m.repo, "alias": m.alias, "commit": m.commit, "size_on_disk": store.size_on_disk(m),
                      "files": len(m.files), "status": status, "source": m.source, "kind": m.kind,
-                     "pulled_at": m.pulled_at, "path": str(m.dir)})
+                     "pulled_at": m.pulled_at, "path": str(m.dir), "corrupt_files": list(m.corrupt),
+                     "verified_at": m.verified_at})
     if json_out:
         console.emit_json(rows)
         return

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
 
 def show(
-    model: str = typer.Argument("antangelmed", help="Store name, alias or directory."),
+    model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL",
+                                          help="Store name, alias or directory (default: angel-tiny)."),
     json_out: bool = typer.Option(False, "--json", help="Print the description as JSON on stdout."),
 ) -> None:
     """Describe a model: config, parameters, format, size, commit, source, draft.

@@ -11,8 +11,17 @@ import typer
 def verify(
     model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL",
                                           help="Path, store name or alias (default: angel-tiny)."),
-    static: bool = typer.Option(False, "--static", help="Config accounting and header inventory only; no weights "
-                                "are read (works for an alias before download)."),
+    static: bool = typer.Option(False, "--static", help="Config accounting, header inventory and file checksums; "
+                                "no forward pass (works for an alias before download)."),
+    deep: bool = typer.Option(False, "--deep", help="Read every tensor and report NaN/inf values by tensor name."),
+    no_checksums: bool = typer.Option(False, "--no-checksums", help="Skip hashing files against recorded checksums "
+                                      "(store manifest or checksums.sha256)."),
+    checksums_only: bool = typer.Option(False, "--checksums-only", help="Only hash the files against their "
+                                        "recorded checksums."),
+    write_checksums: bool = typer.Option(False, "--write-checksums", help="Record checksums.sha256 for a local "
+                                         "directory (then verify checks it)."),
+    workers: int = typer.Option(0, "--workers", "-j", envvar="ANGEL_WORKERS", min=0,
+                                help="Files hashed in parallel (0 = one per core, at most 8)."),
     prompts: str = typer.Option("medical", "--prompts", envvar="ANGEL_VERIFY_PROMPTS",
                                 help="medical (built-in set), random (no tokenizer needed) or a .jsonl/.txt data file."),
     max_tokens: int = typer.Option(128, "--max-tokens", min=1, help="Tokens per prompt (random: length of each sequence)."),
@@ -33,10 +42,14 @@ def verify(
 ) -> None:
     """Check sparsity and integrity: parameter accounting, tensor inventory, routing statistics.
 
-    Exit status like a test runner: 0 all checks pass, 1 a routing check fails, 3 an integrity check fails.
+    Exit status like a test runner: 0 all checks pass, 1 a routing check fails, 3 an integrity check fails
+    (checksum mismatch, missing or malformed tensor, NaN/inf weights).
 
     Examples:
       angel verify antangelmed --static
+      angel verify antangelmed --checksums-only
+      angel verify ./AntAngelMed --static --deep
+      angel verify ./my-export --write-checksums
       angel verify ./AntAngelMed --prompts medical --json > verify.json
       angel verify ./AntAngelMed --against ./AntAngelMed-FP8 --plot load.png
       angel verify ./checkpoint-without-tokenizer --prompts random --max-tokens 256
@@ -50,14 +63,25 @@ def verify(
     from angelcli.verify.run import write_plot
 
     opts = VerifyOptions(static_only=static, prompts=prompts, max_tokens=max_tokens, num_random=num_random,
-                         seed=seed, against=against, device=device, dtype=dtype,
+                         seed=seed, against=against, device=device, dtype=dtype, checksums=not no_checksums,
+                         checksums_only=checksums_only, write_checksums=write_checksums, deep=deep,
+                         workers=workers,
                          thresholds=Thresholds(max_dead_share=max_dead, min_entropy=min_entropy,
                                                min_jaccard=min_jaccard, max_kl=max_kl))
+    if plot is not None:
+        from angelcli.verify.run import check_plot_path
+
+        check_plot_path(plot)
     report, checks = run_verify(model, opts)
     if json_out:
         emit_json(report)
     else:
         render_text(report)
+    skipped = [c for c in checks if c.name == "checksums" and c.status == "skip"]
+    if skipped and not report["exit_code"]:  # a failing run has its one error line; a passing one says what it lacked
+        from angelcli.console import warn
+
+        warn(skipped[0].detail)
     if plot is not None:
         write_plot(report, plot)
         log(f"load heatmap written to {plot}")

@@ -31,6 +31,7 @@ import torch
 
 from angelcli.config import ModelConfig
 from angelcli.engine.kv_cache import KVCache
+from angelcli.engine.nonfinite import finite, nonfinite_error
 from angelcli.engine.sampling import SamplingParams, sample_batch, sampling_tensors, step_logprobs
 from angelcli.errors import UsageError
 
@@ -142,7 +143,12 @@ class Engine:
         """
         self.check_prompt(prompt_ids)
         if self.speculator is not None:
-            yield from self.speculator.generate(prompt_ids, params)
+            done: list[int] = []
+            for step in self.speculator.generate(prompt_ids, params):
+                if not finite(step.logprob):
+                    raise nonfinite_error(self.model, list(prompt_ids) + done, self.device, len(done))
+                done.append(step.token_id)
+                yield step
             return
         it = self.generate_batch([prompt_ids], params)
         try:
@@ -204,6 +210,7 @@ class Engine:
             logits = torch.cat([self.prefill(prompts[r], cache.row(i)) for i, r in enumerate(rows)])  # [B, V]
             live = list(range(B))  # positions in `rows` still generating
             first_at = [None] * B
+            made: list[list[int]] = [[] for _ in rows]  # ids generated per row (to rerun on non-finite logits)
             n = 0
             pre = None  # (ids, logprobs) sampled inside the decode graph, when the backend did
             while True:
@@ -220,6 +227,9 @@ class Engine:
                 still, exchanged = [], False
                 for j, i in enumerate(live):
                     r = rows[i]
+                    if not finite(lp[j]):  # NaN/inf logits: never turn them into tokens (engine/nonfinite.py)
+                        raise nonfinite_error(self.model, list(prompts[r]) + made[i], self.device, n)
+                    made[i].append(ids[j])
                     st = self.batch_stats[r]
                     if first_at[i] is None:
                         first_at[i] = now

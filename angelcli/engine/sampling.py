@@ -24,8 +24,8 @@ class SamplingParams:
     stop_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UsageError("--temperature must be >= 0")
+        if not self.temperature >= 0 or self.temperature == float("inf"):  # also NaN
+            raise UsageError(f"--temperature must be >= 0 and finite, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise UsageError("--top-p must be in (0, 1]")
         if self.top_k < 0:
@@ -34,6 +34,8 @@ class SamplingParams:
             raise UsageError("--max-new-tokens must be >= 0")
         if self.logprobs < 0:
             raise UsageError("--logprobs must be >= 0")
+        if self.seed is not None and not -2**63 <= self.seed < 2**64:  # torch generators take 64-bit seeds
+            raise UsageError(f"--seed must be a 64-bit integer, got {self.seed}")
 
     @property
     def greedy(self) -> bool:

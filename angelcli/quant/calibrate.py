@@ -139,12 +139,14 @@ def run_static(src_dir: Path, raw_config: dict, staging: Path, token_ids: list[l
     fx_log = logging.getLogger("torch.fx._symbolic_trace")
     fx_level = fx_log.level
     fx_log.setLevel(logging.ERROR)  # "is_fx_tracing will return true for both ..." on every traced run
+    untqdm = _quiet_tqdm()  # llmcompressor draws a tqdm bar per layer and pass: ~63 KB of stderr per run
     try:
         model = oneshot(model=model, recipe=str(recipe_path), dataset=DataLoader(batches, batch_size=None),
                         processor=tokenizer, num_calibration_samples=len(batches), pipeline=pipeline,
                         moe_calibrate_all_experts=all_experts, shuffle_calibration_samples=False)
     finally:
         fx_log.setLevel(fx_level)
+        untqdm()
         for h in hooks:
             h.remove()
         recipe_path.unlink(missing_ok=True)
@@ -152,7 +154,11 @@ def run_static(src_dir: Path, raw_config: dict, staging: Path, token_ids: list[l
     with warnings.catch_warnings():
         # the sequential pipeline leaves modules "offloaded" to the CPU they live on; saving them is fine
         warnings.filterwarnings("ignore", message="Attempting to save a model with offloaded modules")
-        model.save_pretrained(str(staging), save_compressed=True, max_shard_size=max_shard_size)
+        untqdm = _quiet_tqdm()
+        try:
+            model.save_pretrained(str(staging), save_compressed=True, max_shard_size=max_shard_size)
+        finally:
+            untqdm()
     saved = json.loads((staging / "config.json").read_text(encoding="utf-8"))
     qc = saved.get("quantization_config")
     if not qc or qc.get("quant_method") != "compressed-tensors":
@@ -160,3 +166,25 @@ def run_static(src_dir: Path, raw_config: dict, staging: Path, token_ids: list[l
     recipe_out = staging / "recipe.yaml"
     return CalibResult(staging, qc, recipe_out.read_text("utf-8") if recipe_out.exists() else recipe_text,
                        len(batches), sum(map(len, token_ids)), scales, dict(counts))
+
+
+def _quiet_tqdm():
+    """Turn every tqdm bar off (TQDM_DISABLE is read only when tqdm is imported, which has happened by now);
+    returns the function that restores it. angel reports calibration progress itself."""
+    try:
+        import tqdm.std
+    except ImportError:
+        return lambda: None
+    cls = tqdm.std.tqdm
+    orig = cls.__init__
+
+    def quiet_init(self, *args, **kwargs):
+        kwargs["disable"] = True
+        orig(self, *args, **kwargs)
+
+    cls.__init__ = quiet_init
+
+    def restore():
+        cls.__init__ = orig
+
+    return restore

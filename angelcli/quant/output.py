@@ -21,7 +21,8 @@ from angelcli.quant.stream import STATE_DIR
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "angel-quant-manifest/1"
-SKIP_COPY = {"config.json", "model.safetensors.index.json", MANIFEST_NAME, "recipe.yaml", "quant_report.json"}
+SKIP_COPY = {"config.json", "model.safetensors.index.json", MANIFEST_NAME, "recipe.yaml", "quant_report.json",
+             "checksums.sha256"}  # the output gets its own checksums, of its own files
 
 
 def source_fingerprint(src: Path, files: list[Path]) -> str:
@@ -119,6 +120,35 @@ def existing_parent(p: Path) -> Path:
     while not p.exists() and p != p.parent:
         p = p.parent
     return p
+
+
+def check_writable(out: Path) -> None:
+    """UsageError (exit 2) when `out` cannot be created or written: a read-only or pseudo filesystem (/proc),
+    a parent that is a file, no permission. Checked before the disk-space check, which would otherwise blame
+    the size of a filesystem that was never writable."""
+    import os
+
+    parent = existing_parent(out)
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: cannot write there ({parent} is not a directory)")
+    try:
+        total = shutil.disk_usage(parent).total
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot use {parent} ({err.strerror})") from None
+    if total == 0 or not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: cannot write there ({parent} is not writable)")
+
+
+def finish_modes(out: Path) -> None:
+    """Every output file readable like any other file the user creates (umask), whatever wrote it
+    (llmcompressor's save leaves 0600 temp-file modes behind)."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in out.iterdir():
+        if p.is_file():
+            os.chmod(p, 0o666 & ~umask)
 
 
 def copy_side_files(src: Path, out: Path) -> list[str]:

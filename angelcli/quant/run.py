@@ -27,9 +27,9 @@ from pathlib import Path
 from angelcli.errors import AngelError, IntegrityError, ResourceError, UsageError
 from angelcli.fsutil import atomic_write_json
 from angelcli.quant import schemes
-from angelcli.quant.output import (MANIFEST_FORMAT, MANIFEST_NAME, copy_side_files, existing_parent, output_state,
-                                   prepare, read_json, source_fingerprint, source_identity, tool_versions,
-                                   write_index)
+from angelcli.quant.output import (MANIFEST_FORMAT, MANIFEST_NAME, check_writable, copy_side_files, existing_parent,
+                                   finish_modes, output_state, prepare, read_json, source_fingerprint,
+                                   source_identity, tool_versions, write_index)
 from angelcli.quant.stream import STATE_DIR
 
 AUTO_EVAL_BYTES = 1 << 30  # models up to 1 GiB of weights get the model comparison without --eval
@@ -135,8 +135,17 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
     from angelcli.quant import stream
 
     schemes.check_choice(opts.scheme, opts.targets)
-    src, cfg, raw, reader = open_source(spec)
+    if opts.workers < 0:  # before anything is created on disk
+        raise UsageError("--workers must be >= 1 (or 0 for one per CPU core)")
     out = Path(out).expanduser().resolve()
+    check_writable(out)
+    if opts.dry_run:
+        from angelcli.quant.dry_plan import bundled_dry_run
+
+        planned = bundled_dry_run(spec, out, opts)  # an alias not pulled yet: plan from its bundled config
+        if planned is not None:
+            return planned
+    src, cfg, raw, reader = open_source(spec)
     if out == src.resolve() or src.resolve() in out.parents:
         raise UsageError(f"{out}: the output must not be inside the source model directory {src}")
     plans = [stream.plan_shard(f, opts.scheme, opts.targets) for f in reader.files]
@@ -155,7 +164,10 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
     if state == "complete":
         manifest = read_json(out / MANIFEST_NAME) or {}
         log(f"{out}: up to date (same source and options); nothing to do")
-        return {**result, "status": "up-to-date", "report": manifest.get("report")}
+        # the same numbers a fresh run reports: bytes of the shards written, not the header-only plan
+        done = sum(f.get("size", 0) for f in manifest.get("files", [])) or out_bytes
+        return {**result, "output_bytes": done, "state": state, "status": "up-to-date",
+                "report": manifest.get("report")}
     free = shutil.disk_usage(existing_parent(out)).free
     need = out_bytes if state != "resume" else out_bytes - sum(
         (out / p.name).stat().st_size for p in plans if (out / p.name).exists())
@@ -213,10 +225,28 @@ def quantize_one(spec: str | None, out: Path, opts: QuantOptions) -> dict:
         "tools": tool_versions(), "options": asdict(opts), "files": files, "copied": copied,
         "summary": rep["weights"] if rep else None, "report": rep, "tensors": stats,
     }
-    atomic_write_json(out / MANIFEST_NAME, manifest)
+    # checksums first, manifest last: manifest.json stays the completion marker
+    from angelcli.checksums import write_checksums
+
+    import hashlib
+
+    from angelcli.fsutil import atomic_write_text
+
+    text = json.dumps(manifest, indent=2, ensure_ascii=False) + "\n"
+    write_checksums(out, [n for n in _output_files(out) if n != MANIFEST_NAME],
+                    extra={MANIFEST_NAME: hashlib.sha256(text.encode("utf-8")).hexdigest()})
+    atomic_write_text(out / MANIFEST_NAME, text)
+    finish_modes(out)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     result.update(status="done", output_bytes=sum(f["size"] for f in files), report=rep)
     return result
+
+
+def _output_files(out: Path) -> list[str]:
+    """Files of a finished output that checksums.sha256 covers (angel's state directory left out)."""
+    from angelcli.checksums import listed_files
+
+    return listed_files(out)
 
 
 def _run_static(src: Path, raw: dict, out: Path, cfg, opts: QuantOptions):
@@ -283,7 +313,15 @@ def output_for(spec: str | None, out: Path | None, out_dir: Path | None, scheme:
 
     if out is not None:
         return Path(out)
-    name = resolve_model(spec).name if spec not in (None, "") else "angel-tiny"
+    try:
+        name = resolve_model(spec).name if spec not in (None, "") else "angel-tiny"
+    except UsageError:
+        from angelcli import aliases
+
+        alias = aliases.find_alias(spec) if spec else None
+        if alias is None:
+            raise
+        name = alias.repo_id.split("/")[-1]  # an alias not pulled yet (--dry-run plans from its bundled config)
     return Path(out_dir or Path.cwd()) / f"{name}-{schemes.output_suffix(scheme)}"
 
 

@@ -20,13 +20,14 @@ Checks produced (all of kind "integrity", exit 3 when one fails):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from pathlib import Path
 
 from angelcli.config import ModelConfig
 from angelcli.errors import IntegrityError
-from angelcli.loader import WEIGHT_DTYPES, CheckpointReader
+from angelcli.loader import WEIGHT_DTYPES, CheckpointReader, check_inventory
 from angelcli.verify.checks import INTEGRITY, Check, check
 from angelcli.verify.quant_layout import INPUT_SCALE, QuantLayout, layout_from_config
 
@@ -64,7 +65,12 @@ def inventory_checks(cfg: ModelConfig, model_dir: Path, total_params: int
     checks = [check("inventory.shards", INTEGRITY, True,
                     f"{len(reader.files)} shard(s), {len(have):,} tensors, every header complete")]
 
-    missing = [n for n in expected if n not in have]
+    # The architecture comparison is the loader's (the same report decides whether `generate` loads the
+    # checkpoint); verify adds the per-expert view, the layout rules of quantization_config and the values.
+    # Seen as unquantised: FP8 weights and their scales are then judged by verify's layout rules below, which
+    # also accept schemes the engine does not run (the loader refuses those before comparing anything).
+    report = check_inventory(dataclasses.replace(cfg, quantization_config=None), reader)
+    missing = [n for n in report.missing if n in exp_set]  # a missing scale is quant.scales' business
     checks.append(check("inventory.tensors", INTEGRITY, not missing,
                         f"{len(missing):,} of {len(expected):,} expected tensors missing{_first(missing)}" if missing
                         else f"all {len(expected):,} tensors of the architecture present"))
@@ -85,33 +91,25 @@ def inventory_checks(cfg: ModelConfig, model_dir: Path, total_params: int
                         sorted({k[0] for k in incomplete})))
 
     scales = {n: w for n in have if n not in exp_set and (w := _is_scale(n, layout, exp_set))}
-    unexpected = [n for n in have if n not in exp_set and n not in scales]
+    unexpected = [n for n in report.unexpected if n not in scales]  # stray scales: quant.scales names them
     checks.append(check("inventory.unexpected", INTEGRITY, not unexpected,
                         f"{len(unexpected):,} tensor(s) the architecture does not have{_first(unexpected)}"
                         if unexpected else "no unknown tensors"))
 
-    wrong_shape, wrong_dtype, quant_mismatch = [], [], []
+    wrong_shape = [f"{n} is {list(g)}, expected {list(w)}" for n, g, w in report.wrong_shape if n in exp_set]
+    wrong_dtype = [f"{n} is {g}, expected {w}" for n, g, w in report.wrong_dtype
+                   if n in exp_set and not (layout is not None and g == layout.weight_dtype)]
+    quant_mismatch = []
     for n in expected:
-        if n not in have:
+        info = have.get(n)
+        if info is None or layout is None or is_fp32_tensor(n):
             continue
-        info = have[n]
-        want = expected_shape(cfg, n)
-        if info.shape != want:
-            wrong_shape.append(f"{n} is {list(info.shape)}, expected {list(want)}")
-        if is_fp32_tensor(n):
-            if info.dtype != "F32":
-                wrong_dtype.append(f"{n} is {info.dtype}, expected F32")
-            continue
-        quantised = layout is not None and info.dtype == layout.weight_dtype
-        if not quantised and info.dtype not in WEIGHT_DTYPES:
-            allowed = "/".join(sorted(WEIGHT_DTYPES | ({layout.weight_dtype} if layout else set())))
-            wrong_dtype.append(f"{n} is {info.dtype}, expected {allowed}")
-        if layout is not None:
-            want_q = layout.expects_quantised(n, len(want))
-            if want_q is True and not quantised and info.dtype in WEIGHT_DTYPES:
-                quant_mismatch.append(f"{n} is {info.dtype}, but quantization_config quantises it")
-            elif want_q is False and quantised:
-                quant_mismatch.append(f"{n} is {info.dtype}, but it must stay high precision")
+        quantised = info.dtype == layout.weight_dtype
+        want_q = layout.expects_quantised(n, len(expected_shape(cfg, n)))
+        if want_q is True and not quantised and info.dtype in WEIGHT_DTYPES:
+            quant_mismatch.append(f"{n} is {info.dtype}, but quantization_config quantises it")
+        elif want_q is False and quantised:
+            quant_mismatch.append(f"{n} is {info.dtype}, but it must stay high precision")
     checks.append(check("inventory.shapes", INTEGRITY, not wrong_shape,
                         f"{len(wrong_shape)} wrong shape(s){_first(wrong_shape)}" if wrong_shape
                         else "every tensor has the shape spec §2 gives for this config"))

@@ -77,9 +77,13 @@ def render_text(report: dict, file=None) -> None:
     tty = hasattr(file, "isatty") and file.isatty()
     con = Console(file=file, width=None if tty else 140, no_color=not tty, highlight=False, soft_wrap=False)
     s = report["static"]
-    e = s["experts"]
     where = report["path"] or "bundled config (not pulled)"
     con.print(f"[bold]angel verify[/] {report['model']}  ({where})")
+    if s is None:  # --checksums-only
+        con.print(_checks_table(report["checks"]))
+        _verdict(con, report)
+        return
+    e = s["experts"]
     con.print(f"routed experts: {e['per_token']} of {e['routed']} per token (activation ratio "
               f"{report['activation_ratio']:.4g} = 1/{round(1 / report['activation_ratio'])}) + {e['shared']} shared, "
               f"groups top-{e['topk_group']} of {e['n_group']}, {e['moe_layers']} MoE + {e['dense_layers']} dense "
@@ -97,6 +101,10 @@ def render_text(report: dict, file=None) -> None:
         con.print(_checks_table(report["checks"]))
     elif report["path"] is None:
         con.print("no weights here: parameter accounting only (angel pull it for the inventory and routing checks)")
+    _verdict(con, report)
+
+
+def _verdict(con, report: dict) -> None:
     counts = {k: sum(1 for c in report["checks"] if c["status"] == k) for k in ("pass", "fail", "skip")}
     verdict = "[bold green]OK[/]" if report["passed"] else "[bold red]FAILED[/]"
     con.print(f"{verdict}: {counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from angelcli.config import ModelConfig
 from angelcli.errors import UsageError
-from angelcli.verify.checks import INTEGRITY, ROUTING, Check, exit_code, skip
+from angelcli.verify.checks import INTEGRITY, ROUTING, Check, check, exit_code, skip
 from angelcli.verify.dynamic import (
     Thresholds, against_checks, compare_routing, layer_stats, logit_drift, routing_checks,
 )
@@ -37,6 +37,11 @@ class VerifyOptions:
     device: str = "auto"
     dtype: str = "auto"
     thresholds: Thresholds = field(default_factory=Thresholds)
+    checksums: bool = True  # hash files against recorded checksums (store manifest / checksums.sha256)
+    checksums_only: bool = False
+    write_checksums: bool = False  # record checksums.sha256 for a local directory first
+    deep: bool = False  # read every tensor and report NaN / inf by name
+    workers: int = 0  # hashing threads (0: one per core, at most 8)
 
 
 def _require_weights(source: ModelSource, flag: str) -> None:
@@ -58,9 +63,31 @@ def _stream(source: ModelSource, reader, prompts, dev: str, tdtype, keep_final: 
     return streamer, res
 
 
+def _checksums_only(model: str | None, opts: VerifyOptions) -> tuple[dict, list[Check]]:
+    from angelcli.resolve import TINY_NAME, resolve_model
+    from angelcli.verify.integrity import checksum_check, record_checksums
+
+    model_dir = resolve_model(model)
+    if opts.write_checksums:
+        record_checksums(model_dir, opts.workers)
+    c, summary = checksum_check(model_dir, opts.workers)
+    checks = [c]
+    report = {"model": str(model or TINY_NAME), "path": str(model_dir), "config_source": None, "static": None,
+              "checksums": summary, "checks": [c.to_dict()], "routing": None, "against": None}
+    report["exit_code"] = exit_code(checks)
+    report["passed"] = report["exit_code"] == 0
+    return report, checks
+
+
 def verify(model: str | None, opts: VerifyOptions) -> tuple[dict, list[Check]]:
     if opts.static_only and opts.against:
         raise UsageError("--against runs the model; it cannot be combined with --static")
+    if opts.checksums_only:
+        if opts.against or opts.deep or opts.static_only:
+            raise UsageError("--checksums-only runs no other check; drop --static, --deep and --against")
+        return _checksums_only(model, opts)
+    if not opts.checksums and opts.write_checksums:
+        raise UsageError("--write-checksums records checksums for verify to check; drop --no-checksums")
     source = open_source(model)
     if not opts.static_only:
         _require_weights(source, "")
@@ -72,13 +99,31 @@ def verify(model: str | None, opts: VerifyOptions) -> tuple[dict, list[Check]]:
             raise UsageError(f"--against {opts.against}: a different architecture ({diff[0]} is "
                              f"{other.config.get(diff[0])!r}, not {source.config.get(diff[0])!r})")
 
+    file_checks, checksum_summary = [], None
+    if source.model_dir is not None:
+        from angelcli.verify.integrity import checksum_check, record_checksums
+
+        if opts.write_checksums:
+            record_checksums(source.model_dir, opts.workers)
+        if opts.checksums:
+            c, checksum_summary = checksum_check(source.model_dir, opts.workers)
+            file_checks.append(c)
+    elif opts.write_checksums or opts.deep:
+        raise UsageError(f"'{source.spec}' is not pulled: --write-checksums and --deep read its files "
+                         f"(angel pull {source.spec} first)")
     facts, checks, reader = static_stage(source)
+    checks = checks + file_checks  # inventory first: its first check says whether the shards even parse
+    if opts.deep and reader is not None:
+        from angelcli.verify.finite import finite_check
+
+        c, facts["finite"] = finite_check(reader)
+        checks.append(c)
     report: dict = {
         "model": source.spec, "path": str(source.model_dir) if source.model_dir else None,
         "config_source": source.config_source,
         "total_params": facts["total_params"], "active_params": facts["active_params"],
         "activation_ratio": facts["activation_ratio"], "static": facts,
-        "checks": [], "routing": None, "against": None,
+        "checks": [], "routing": None, "against": None, "checksums": checksum_summary,
     }
     if not opts.static_only:
         broken = reader is None or any(c.failed and c.kind == INTEGRITY for c in checks)
@@ -111,6 +156,13 @@ def _dynamic(source: ModelSource, reader, other: ModelSource | None, other_reade
     prompts, desc = build_prompts(opts.prompts, source.model_dir, cfg.vocab_size, max_tokens=opts.max_tokens,
                                   num_random=opts.num_random, seed=opts.seed)
     streamer, res = _stream(source, reader, prompts, dev, tdtype, other is not None, source.spec)
+    if res.nonfinite_weight is not None or res.first_nonfinite_layer is not None:
+        # NaN weights: an integrity failure, not a routing one (statistics of NaN say nothing about routing)
+        where = (f"weight {res.nonfinite_weight} holds NaN/inf" if res.nonfinite_weight is not None else
+                 f"the hidden state went NaN/inf in model.layers.{res.first_nonfinite_layer}")
+        return [check("forward.finite", INTEGRITY, False,
+                      f"{where} (`angel verify {source.spec} --static --deep` names every bad tensor)"),
+                skip("routing", ROUTING, "not run: the weights are not finite")]
     layers = [layer_stats(r, cfg) for r in res.router]
     report["routing"] = {"prompts": desc, "sequences": len(prompts), "tokens": sum(res.tokens), "device": dev,
                          "dtype": dname, "layers": layers}
@@ -134,4 +186,19 @@ def write_plot(report: dict, path: Path) -> None:
     layers = (report.get("routing") or {}).get("layers") or []
     if not layers:
         raise UsageError("--plot needs routing data: drop --static")
-    load_heatmap(layers, path, title=f"{report['model']}: expert load / mean")
+    try:
+        load_heatmap(layers, path, title=f"{report['model']}: expert load / mean")
+    except OSError as err:
+        raise UsageError(f"--plot {path}: cannot write ({err.strerror or err})") from None
+
+
+def check_plot_path(path: Path) -> None:
+    """--plot's directory must exist and be writable: said before a long routing run, not after it."""
+    import os
+    import shutil
+
+    parent = Path(path).expanduser().parent
+    if not parent.is_dir():
+        raise UsageError(f"--plot {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or shutil.disk_usage(parent).total == 0:
+        raise UsageError(f"--plot {path}: cannot write there ({parent} is not writable)")

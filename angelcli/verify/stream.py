@@ -102,6 +102,8 @@ class StreamResult:
     router: list[RouterOutput] = field(default_factory=list)  # one per MoE layer, tokens of all prompts concatenated
     tokens: list[int] = field(default_factory=list)  # tokens per prompt
     final_hidden: list[torch.Tensor] = field(default_factory=list)  # per prompt [T, H] after model.norm
+    first_nonfinite_layer: int | None = None  # first decoder layer whose output held NaN/inf (corrupt weights)
+    nonfinite_weight: str | None = None  # first streamed weight holding NaN/inf (stacked-expert names: w13 / w2)
 
 
 @torch.no_grad()
@@ -122,6 +124,12 @@ def stream_forward(streamer: LayerStreamer, prompts: list[list[int]], *, keep_fi
     out = StreamResult(tokens=[len(p) for p in prompts])
     for i in range(cfg.num_hidden_layers):
         layer = streamer.layer(i)
+        if out.nonfinite_weight is None:  # the weights are in memory anyway: a NaN in an expert no prompt
+            from angelcli.verify.finite import nonfinite_count  # reaches would otherwise pass unseen
+
+            bad = next((n for n, p in layer.named_parameters() if p.is_floating_point() and nonfinite_count(p)), None)
+            if bad is not None:
+                out.nonfinite_weight = f"model.layers.{i}.{bad}"
         routed: list[RouterOutput] = []
         for j, (cos, sin) in enumerate(tables):
             hidden[j] = layer(hidden[j], cos, sin, None, routed)
@@ -130,6 +138,8 @@ def stream_forward(streamer: LayerStreamer, prompts: list[list[int]], *, keep_fi
                 i, torch.cat([r.logits for r in routed]).cpu(), torch.cat([r.topk_ids for r in routed]).cpu(),
                 torch.cat([r.topk_weights for r in routed]).cpu()))
         del layer, routed
+        if out.first_nonfinite_layer is None and not all(bool(torch.isfinite(h).all()) for h in hidden):
+            out.first_nonfinite_layer = i  # routing statistics past this point describe NaNs, not the model
         streamer.free()
         if on_layer is not None:
             on_layer(i)
