@@ -165,5 +165,6 @@ def test_bench_vs_reference_reports_both_speeds_and_identical_tokens():
 
     rep = run_vs_reference(None, tokens=8, rounds=1)
     assert rep["identical"] is True and rep["tokens"] == 8 and rep["threads"] == 1
-    assert rep["engine_tokens_per_s"] > 0 and rep["reference_tokens_per_s"] > 0 and rep["ratio"] > 0
+    assert rep["engine_tokens_per_s"] > 0 and rep["upstream_tokens_per_s"] > 0 and rep["lean_tokens_per_s"] > 0
+    assert rep["ratio"] > 0 and rep["lean_ratio"] > 0 and rep["per_round"][0]["identical"] is True
     assert "identical tokens: yes" in table(rep)
