@@ -155,6 +155,9 @@ def moe(block, x: torch.Tensor, router: list | None) -> torch.Tensor:
     if router is not None:
         router.append(RouterOutput(block.layer_idx, logits, ids, weights))
     N, K = ids.shape
+    stacked = stacked_experts(block) if N == 1 and fp32 else None
+    if stacked is not None:
+        return one_token_experts(stacked, flat, ids, weights).view(shape)
     if N * K <= SMALL_DISPATCH:
         rows = []
         w = weights.view(N, K, 1)
@@ -169,6 +172,50 @@ def moe(block, x: torch.Tensor, router: list | None) -> torch.Tensor:
     if block.shared_experts is not None:
         y = y + mlp(block.shared_experts, x)
     return y
+
+
+# Largest stacked expert weights (both tensors of one layer) kept for the one-token MoE path: small models on
+# CPU, where a decode step is dispatch-bound; a big model's expert weights are not duplicated.
+STACKED_MAX_BYTES = 64 << 20
+
+
+def stacked_experts(block):
+    """(w13t [E+1, H, 2I], w2t [E+1, I, H], shared index E) for the one-token path, or None where it does not
+    apply (FP8 experts, a shared expert of another width or kind, no shared expert, not on CPU, too large).
+
+    Row E is the shared expert (gate rows then up rows, as the routed w13), so one batched product runs the
+    K chosen experts and the shared expert together; every row is stored input-major (the [1, H] x [H, 2I]
+    products stream whole rows, see input_major_copy)."""
+    ex, sh = block.experts, block.shared_experts
+    if ex.w13_scale is not None or sh is None or ex.w13.device.type != "cpu" or ex.w13.dtype != torch.float32:
+        return None
+    parts = (sh.gate_proj, sh.up_proj, sh.down_proj)
+    if any(type(m) is not nn.Linear for m in parts) or sh.gate_proj.weight.shape[0] != ex.inter:
+        return None
+    if 2 * ex.w13.numel() * ex.w13.element_size() > STACKED_MAX_BYTES:
+        return None
+    g, u, d = (m.weight for m in parts)
+
+    def build():
+        w13 = torch.cat([ex.w13, torch.cat([g, u])[None]]).transpose(1, 2).contiguous()
+        w2 = torch.cat([ex.w2, d[None]]).transpose(1, 2).contiguous()
+        return w13, w2, ex.w13.shape[0]
+
+    return _derived(block, "_stacked_experts", (ex.w13, ex.w2, g, u, d), build)
+
+
+def one_token_experts(stacked, flat, ids, weights) -> torch.Tensor:
+    """fp32 MoE output for one token: flat [1, H], ids / weights [1, K] -> routed + shared [1, H].
+
+    The K chosen experts and the shared expert (row E) are gathered with one index and run as two batched
+    products ([K+1, 1, H] x [K+1, H, 2I], then x [K+1, I, H]); the weighted slot sum and the shared add are
+    one [1, K+1] x [K+1, H] product with the shared expert's weight 1 (fp32 throughout, as upstream)."""
+    w13t, w2t, shared = stacked
+    K, H = ids.shape[1], flat.shape[-1]
+    sel = F.pad(ids[0], (0, 1), value=shared)  # [K+1]: the chosen experts, then the shared expert
+    gate, up = torch.bmm(flat.expand(K + 1, 1, H), w13t.index_select(0, sel)).chunk(2, dim=-1)
+    outs = torch.bmm(F.silu(gate) * up, w2t.index_select(0, sel))  # [K+1, 1, H]
+    return torch.mm(F.pad(weights, (0, 1), value=1.0), outs.view(K + 1, H))
 
 
 def sorted_dispatch(experts, flat, ids, weights, E: int) -> torch.Tensor:
