@@ -54,6 +54,18 @@ def norm(x: torch.Tensor, module) -> torch.Tensor:
     return module.weight * rms(x, module.eps)
 
 
+def apply(proj, x: torch.Tensor) -> torch.Tensor:
+    """A plan's projection entry (inference_plan.projection): a weight tensor, or a module to call."""
+    return F.linear(x, proj) if isinstance(proj, torch.Tensor) else proj(x)
+
+
+def norm_with(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """norm() from a plan's (weight, eps)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * rms(x, eps)
+
+
 def lin(module, x: torch.Tensor, input_major: bool = False) -> torch.Tensor:
     """A projection: plain nn.Linear weights directly, anything else (FP8 linears) through its module.
     input_major: multiply by the weight's input-major copy where one is kept (see input_major)."""
@@ -99,20 +111,20 @@ def qk_weight(att) -> torch.Tensor:
 
 
 def attention(att, x, cos, sin, swap, cache, mask) -> torch.Tensor:
-    """x [B, T, H] (already input-normed) -> attention output [B, T, H] after the dense projection.
+    """x [B, T, H] (already input-normed) -> attention output [B, T, H] after the dense projection. att: AttPlan.
 
     cos / sin [B or 1, T, 1, D] full tables; swap [D] the rotate-half permutation; mask: None (nothing to
     mask: one new token per row at equal lengths), [T, S] or [B, 1, T, S] bool (True = visible)."""
     B, T, _ = x.shape
-    nh, nkv, D = att.num_heads, att.num_kv, att.head_dim
-    qkv = lin(att.query_key_value, x).view(B, T, nh + 2 * nkv, D)
-    qk = rms(qkv[:, :, : nh + nkv], att.query_layernorm.eps) * qk_weight(att)  # q and k heads in one pass
+    nh, nkv, D = att.nh, att.nkv, att.D
+    qkv = apply(att.qkv, x).view(B, T, nh + 2 * nkv, D)
+    qk = rms(qkv[:, :, : nh + nkv], att.eps) * att.qk_weight  # q and k heads in one pass
     rot = qk * cos + qk.index_select(-1, swap) * sin  # [B, T, Hq + Hkv, D]
     q = rot[:, :, :nh].transpose(1, 2)  # [B, Hq, T, D]
     k = rot[:, :, nh:].transpose(1, 2)  # [B, Hkv, T, D]
     v = qkv[:, :, nh + nkv :].transpose(1, 2)
     if cache is not None:
-        k, v = cache.update(att.layer_idx, k, v)  # [B, Hkv, S, D]
+        k, v = cache.update(att.idx, k, v)  # [B, Hkv, S, D]
     rep = nh // nkv
     if x.dtype == torch.float32:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=att.scale, enable_gqa=rep > 1)
@@ -125,12 +137,32 @@ def attention(att, x, cos, sin, swap, cache, mask) -> torch.Tensor:
             scores = scores.view(B, nkv, rep, T, S).masked_fill(~m[:, :, None], float("-inf")).view(B, nkv, -1, S)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v).view(B, nh, T, D)
-    return lin(att.dense, out.transpose(1, 2).reshape(B, T, nh * D))
+    return apply(att.dense, out.transpose(1, 2).reshape(B, T, nh * D))
 
 
 def mlp(m, x: torch.Tensor) -> torch.Tensor:
     """The dense FFN / shared expert: down(silu(gate x) * up x)."""
     return lin(m.down_proj, F.silu(lin(m.gate_proj, x)) * lin(m.up_proj, x))
+
+
+def mlp_plan(m, x: torch.Tensor) -> torch.Tensor:
+    """mlp() from an MlpPlan."""
+    return apply(m.down, F.silu(apply(m.gate, x)) * apply(m.up, x))
+
+
+def moe_plan(mp, x: torch.Tensor, router: list | None) -> torch.Tensor:
+    """moe() from a MoePlan: one token in float32 with stacked experts takes the batched path, the rest moe()."""
+    if mp.stacked is None or x.dtype != torch.float32 or x.shape[0] * x.shape[1] != 1 or \
+            mp.gate_w.dtype != torch.float32:
+        return moe(mp.block, x, router)
+    cfg = mp.block.cfg
+    flat = x.view(1, x.shape[-1])
+    logits = F.linear(flat, mp.gate_w)
+    ids, weights = route(logits, mp.bias, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
+                         cfg.routed_scaling_factor)
+    if router is not None:
+        router.append(RouterOutput(mp.layer_idx, logits, ids, weights))
+    return one_token_experts(mp.stacked, flat, ids, weights).view(x.shape)
 
 
 def expert(experts, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -155,9 +187,6 @@ def moe(block, x: torch.Tensor, router: list | None) -> torch.Tensor:
     if router is not None:
         router.append(RouterOutput(block.layer_idx, logits, ids, weights))
     N, K = ids.shape
-    stacked = stacked_experts(block) if N == 1 and fp32 else None
-    if stacked is not None:
-        return one_token_experts(stacked, flat, ids, weights).view(shape)
     if N * K <= SMALL_DISPATCH:
         rows = []
         w = weights.view(N, K, 1)
@@ -236,7 +265,7 @@ def sorted_dispatch(experts, flat, ids, weights, E: int) -> torch.Tensor:
 def forward(model, input_ids, cache, positions, capture_layers, router) -> tuple[torch.Tensor, dict]:
     """Every decoder layer of `model` (a BailingMoeForCausalLM) on input_ids [B, T] -> (h [B, T, H] before the
     final norm, {layer: residual stream} for capture_layers). Advances the cache by T."""
-    from angelcli.model.moe import SparseMoe
+    from angelcli.model.inference_plan import MoePlan, plan_for
 
     B, T = input_ids.shape
     ragged = cache is not None and getattr(cache, "is_ragged", False)
@@ -255,10 +284,10 @@ def forward(model, input_ids, cache, positions, capture_layers, router) -> tuple
     else:
         mask = None
     hidden = {}
-    for i, layer in enumerate(model.model.layers):
-        h = h + attention(layer.attention, norm(h, layer.input_layernorm), cos, sin, swap, cache, mask)
-        x = norm(h, layer.post_attention_layernorm)
-        h = h + (moe(layer.mlp, x, router) if isinstance(layer.mlp, SparseMoe) else mlp(layer.mlp, x))
+    for i, lp in enumerate(plan_for(model).layers):
+        h = h + attention(lp.att, norm_with(h, *lp.in_norm), cos, sin, swap, cache, mask)
+        x = norm_with(h, *lp.post_norm)
+        h = h + (moe_plan(lp.ffn, x, router) if isinstance(lp.ffn, MoePlan) else mlp_plan(lp.ffn, x))
         if i in capture_layers:
             hidden[i] = h
     if cache is not None:
