@@ -242,9 +242,10 @@ class Engine:
                 exchanged = True
                 if not self._tp_go(bool(still)) or not still:
                     return True
-                keep = torch.tensor(still, device=tokens.device)
-                live = [live[j] for j in still]
-                logits = self.decode_step(tokens[keep], cache.rows(live))
+                if len(still) < len(live):  # some rows finished: drop their tokens
+                    tokens = tokens[torch.tensor(still, device=tokens.device)]
+                    live = [live[j] for j in still]
+                logits = self.decode_step(tokens, cache.rows(live))
                 n += 1
         except GeneratorExit:
             if not exchanged:

@@ -115,14 +115,14 @@ def attention(att, x, cos, sin, swap, cache, mask) -> torch.Tensor:
 
     cos / sin [B or 1, T, 1, D] full tables; swap [D] the rotate-half permutation; mask: None (nothing to
     mask: one new token per row at equal lengths), [T, S] or [B, 1, T, S] bool (True = visible)."""
-    B, T, _ = x.shape
+    B, T, _ = x.shape  # (narrow, not [:, :, a:b]: one op instead of three; a step is dispatch-bound)
     nh, nkv, D = att.nh, att.nkv, att.D
     qkv = apply(att.qkv, x).view(B, T, nh + 2 * nkv, D)
-    qk = rms(qkv[:, :, : nh + nkv], att.eps) * att.qk_weight  # q and k heads in one pass
+    qk = rms(qkv.narrow(2, 0, nh + nkv), att.eps) * att.qk_weight  # q and k heads in one pass
     rot = qk * cos + qk.index_select(-1, swap) * sin  # [B, T, Hq + Hkv, D]
-    q = rot[:, :, :nh].transpose(1, 2)  # [B, Hq, T, D]
-    k = rot[:, :, nh:].transpose(1, 2)  # [B, Hkv, T, D]
-    v = qkv[:, :, nh + nkv :].transpose(1, 2)
+    q = rot.narrow(2, 0, nh).transpose(1, 2)  # [B, Hq, T, D]
+    k = rot.narrow(2, nh, nkv).transpose(1, 2)  # [B, Hkv, T, D]
+    v = qkv.narrow(2, nh + nkv, nkv).transpose(1, 2)
     if cache is not None:
         k, v = cache.update(att.idx, k, v)  # [B, Hkv, S, D]
     rep = nh // nkv
