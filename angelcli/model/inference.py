@@ -1,9 +1,9 @@
 """The torch backend's inference forward: the same model and numerics as the modules' forward, with fewer ops.
 
 A decode step of a small model on a CPU thread costs mostly tensor-op dispatches (1-3 us each on this
-project's CPU) and the weights it reads, not FLOPs, so this forward reads the modules' parameters directly
-and does per step only what the semantics need (angel-tiny: 349 ops per decode step against the upstream
-layout's 712, docs/benchmarks.md):
+project's CPU) and the weights it reads, not FLOPs, so this forward reads the parameters through a per-model
+plan of direct references (inference_plan.py: no nn.Module lookups per step) and does per step only what the
+semantics need (angel-tiny: 294 ops per decode step against the upstream layout's 712, docs/benchmarks.md):
   * rotary tables come precomputed per position (Rotary.full_tables), in a form that rotates q and k of all
     heads with one multiply-add: out = x * cos_full + x[..., swap] * sin_signed (cos_full = 1 and
     sin_signed = 0 on the pass-through dims, sin_signed = -sin on the first rotary half), which is the same
@@ -13,9 +13,10 @@ layout's 712, docs/benchmarks.md):
   * attention reads the cached K/V without repeat_interleave copies: float32 uses PyTorch's fused SDPA with
     GQA; other dtypes keep the eager formulation (scores rounded to the activation dtype, fp32 softmax) with
     the query heads grouped per KV head, which is the same arithmetic as upstream's repeat_kv + matmul;
-  * routed experts run only for the (token, slot) pairs that need them: a short loop over the chosen experts
-    when a step routes few tokens, one sorted pass otherwise; each expert output is cast to fp32, weighted
-    and summed over the slots in fp32 as upstream does;
+  * routed experts run only for the (token, slot) pairs that need them: one token in float32 gathers its K
+    experts and the shared expert from stacked copies and runs them as two batched products
+    (one_token_experts); otherwise a short loop over the chosen experts when a step routes few tokens, one
+    sorted pass beyond; the slot outputs are weighted and summed in fp32 as upstream does;
   * the causal mask and the cache's ragged bookkeeping are built once per forward, not once per layer;
   * on CPU, small projection weights are read from input-major copies (input_major_copy).
 BailingMoeForCausalLM.forward takes this path in inference (no autograd, eval mode, one process); the
