@@ -13,7 +13,8 @@ test *ARGS:
 
 # Decode tokens/s at context 16 and 1024 on a tiny model (the KV cache keeps the step cost flat);
 # the same `angel bench` that measures GPUs, restricted to batch 1 and BF16; then angel-tiny's CPU decode
-# (1 thread, float32, 128 greedy tokens) against the upstream-shaped reference of tests/reference_bailing.py
+# (1 thread, float32, 128 greedy tokens) against the upstream code as transformers runs it (tests/upstream_bailing.py)
+# and the lean reference of tests/reference_bailing.py
 bench *ARGS:
     .venv/bin/angel bench --batches 1 --contexts 16,1024 --formats bf16 {{ARGS}}
     .venv/bin/angel bench --vs-reference --threads 1

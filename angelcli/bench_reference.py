@@ -1,15 +1,17 @@
-"""`angel bench --vs-reference`: the torch backend's CPU decode speed against the upstream-shaped reference.
+"""`angel bench --vs-reference`: the torch backend's CPU decode speed against the upstream code's.
 
-The reference is tests/reference_bailing.py's CachedReference: the exactness tests' oracle laid out the way
-the upstream HF remote code decodes (eager attention with repeat_kv, DynamicCache-style concatenation,
-moe_infer's host-side loop over the experts), without HF's module-call and output overhead, so the ratio is
-if anything conservative against the upstream code itself. Both decode the same prompt greedily in float32
-with a KV cache, one after the other in each round (alternating which goes first) after a short warm-up;
-the engine runs real Engine.generate steps (forward, sampling, log-probabilities). Reported per
-implementation: decode tok/s (steps after the first token / their wall time) and CPU time per token; the
-ratios are engine over reference per round, and their median over the rounds (other processes on the
-machine move both; the median of several rounds and the CPU-time ratio are the steadier figures). Tokens
-must be identical, else the check fails (exit 1).
+Two baselines, both decoding the same prompt greedily in float32 with a KV cache, tokens required identical:
+  * upstream: tests/upstream_bailing.py, BailingMoeV2 structured as the HF remote code
+    (modeling_bailing_moe_v2.py: module per norm / projection / expert, rotary per call, eager attention with
+    repeat_kv, moe_infer's host-side loop over the experts) driven by transformers' own generate() with its
+    DynamicCache and causal-mask builder: what an upstream user runs. This is the acceptance baseline.
+  * lean: tests/reference_bailing.py CachedReference, the same per-step ops as plain functions in a bare
+    Python loop (no module calls, no generate()): a lower bound on what the upstream layout costs.
+Each round runs the three decoders one after the other, rotating which goes first, after a short warm-up; the
+engine runs real Engine.generate steps (forward, sampling, log-probabilities). Per implementation: decode
+tok/s (steps after the first token / their wall time) and CPU time per token (time.process_time); the ratios
+are baseline time over engine time per round, reported as the median over the rounds (other processes on the
+machine move all three; the CPU-time ratio is the steadier figure). Different tokens fail the check (exit 1).
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ import statistics
 import time
 from pathlib import Path
 
-REFERENCE_FILE = Path(__file__).resolve().parent.parent / "tests" / "reference_bailing.py"
+TESTS_DIR = Path(__file__).resolve().parent.parent / "tests"
 
 
-def load_reference():
-    """The tests/reference_bailing.py module of this source checkout (UsageError when absent)."""
+def load_reference(name: str = "reference_bailing"):
+    """tests/<name>.py of this source checkout as a module (UsageError when absent)."""
     from angelcli.errors import UsageError
 
-    if not REFERENCE_FILE.exists():
-        raise UsageError(f"--vs-reference: {REFERENCE_FILE} not found (it ships with the source checkout, "
+    file = TESTS_DIR / f"{name}.py"
+    if not file.exists():
+        raise UsageError(f"--vs-reference: {file} not found (it ships with the source checkout, "
                          "not with an installed wheel)")
-    spec = importlib.util.spec_from_file_location("angel_reference_bailing", REFERENCE_FILE)
+    spec = importlib.util.spec_from_file_location(f"angel_{name}", file)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -48,7 +51,7 @@ def state_dict_fp32(path: Path) -> dict:
 
 def run_vs_reference(model: str | None = None, *, tokens: int = 128, threads: int = 1, rounds: int = 3,
                      prompt_len: int = 41) -> dict:
-    """Greedy float32 decode of `tokens` tokens, engine vs reference, `rounds` times -> report dict."""
+    """Greedy float32 decode of `tokens` tokens, engine vs upstream vs lean reference, `rounds` times -> report."""
     import torch
 
     from angelcli.engine import Engine, SamplingParams
@@ -57,9 +60,9 @@ def run_vs_reference(model: str | None = None, *, tokens: int = 128, threads: in
     from angelcli.resolve import resolve_model
 
     if tokens < 2 or rounds < 1 or threads < 1:
-        raise UsageError("--vs-reference needs --tokens >= 2, rounds >= 1 and --threads >= 1")
+        raise UsageError("--vs-reference needs --tokens >= 2, --rounds >= 1 and --threads >= 1")
     torch.set_num_threads(threads)
-    ref = load_reference()
+    lean, upstream = load_reference("reference_bailing"), load_reference("upstream_bailing")
     path = resolve_model(model)
     cfg = json.loads((path / "config.json").read_text())
     if cfg.get("quantization_config"):
@@ -67,64 +70,98 @@ def run_vs_reference(model: str | None = None, *, tokens: int = 128, threads: in
     sd = state_dict_fp32(path)
     net, mcfg, _ = load_model(path, dtype=torch.float32, device="cpu")
     engine = Engine(net.eval(), mcfg, device="cpu", max_seq_len=prompt_len + tokens + 8)
+    hf = upstream.UpstreamBailing.from_state_dict(cfg, sd)
     prompt = [0] + [(100 + 37 * i) % mcfg.vocab_size for i in range(prompt_len - 1)]  # fixed, reproducible
-    per_round = []
-    params = SamplingParams(max_new_tokens=tokens)
-    _one_round(ref, cfg, sd, engine, prompt, min(tokens, 8), SamplingParams(max_new_tokens=min(tokens, 8)), True)  # warm-up
-    for i in range(rounds):
-        per_round.append(_one_round(ref, cfg, sd, engine, prompt, tokens, params, engine_first=i % 2 == 0))
-    identical = all(r["identical"] for r in per_round)
-    med = lambda key: statistics.median(r[key] for r in per_round)  # noqa: E731
+    runners = {"engine": lambda n: _run_engine(engine, prompt, n, SamplingParams(max_new_tokens=n)),
+               "upstream": lambda n: _run_upstream(hf, prompt, n),
+               "lean": lambda n: _run_lean(lean, cfg, sd, prompt, n)}
+    _one_round(runners, min(tokens, 8), 0)  # warm-up
+    per_round = [_one_round(runners, tokens, i) for i in range(rounds)]
+    med = lambda key: round(statistics.median(r[key] for r in per_round), 3)  # noqa: E731
     return {
         "model": str(path), "dtype": "float32", "threads": threads, "prompt_tokens": len(prompt),
-        "tokens": tokens, "rounds": rounds, "identical": identical,
-        "engine_tokens_per_s": round(med("engine_tokens_per_s"), 2),
-        "reference_tokens_per_s": round(med("reference_tokens_per_s"), 2),
-        "ratio": round(med("ratio"), 3), "cpu_time_ratio": round(med("cpu_time_ratio"), 3),
+        "tokens": tokens, "rounds": rounds, "identical": all(r["identical"] for r in per_round),
+        **{f"{k}_tokens_per_s": med(f"{k}_tokens_per_s") for k in runners},
+        **{f"{k}_cpu_ms_per_token": med(f"{k}_cpu_ms_per_token") for k in runners},
+        "ratio": med("ratio"), "cpu_time_ratio": med("cpu_time_ratio"),
+        "lean_ratio": med("lean_ratio"), "lean_cpu_time_ratio": med("lean_cpu_time_ratio"),
         "per_round": per_round,
-        "reference": "tests/reference_bailing.py CachedReference (upstream modeling_bailing_moe_v2.py layout, eager)",
+        "upstream": "tests/upstream_bailing.py (HF remote-code structure, transformers generate, DynamicCache, eager)",
+        "lean": "tests/reference_bailing.py CachedReference (same ops as plain functions, bare loop)",
     }
 
 
-def _one_round(ref, cfg, sd, engine, prompt, tokens, params, engine_first: bool) -> dict:
-    """One greedy decode by each implementation, one after the other (not step by step: interleaved steps
-    would evict each other's weights from the shared L3 cache every step and time two cold-cache decoders)."""
+def _run_engine(engine, prompt, n, params):
+    gen = engine.generate(prompt, params)
+    out = [next(gen).token_id]  # the prefill is not timed: decode speed only
+    w0, c0 = time.perf_counter(), time.process_time()
+    out += [step.token_id for step in gen]
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def _run_upstream(hf, prompt, n):
+    """model.generate(greedy) with a streamer stamping each token: decode time = first token .. last token."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.t = []
+
+        def put(self, value):  # once with the prompt, then once per new token
+            self.t.append((time.perf_counter(), time.process_time()))
+
+        def end(self):
+            pass
+
+    st = Stamps()
+    with torch.inference_mode():
+        out = hf.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                          pad_token_id=hf.config.pad_token_id, streamer=st)
+    (w0, c0), (w1, c1) = st.t[1], st.t[-1]
+    return out[0, len(prompt):].tolist(), w1 - w0, c1 - c0
+
+
+def _run_lean(lean, cfg, sd, prompt, n):
     import torch
 
-    wall, cpu = time.perf_counter, time.thread_time
+    r = lean.CachedReference(cfg, sd)
+    with torch.inference_mode():
+        out = [int(r.forward(prompt)[-1].argmax())]
+        w0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(n - 1):
+            out.append(int(r.forward([out[-1]])[-1].argmax()))
+    return out, time.perf_counter() - w0, time.process_time() - c0
 
-    def run_engine():
-        gen = engine.generate(prompt, params)
-        out = [next(gen).token_id]  # the prefill is not timed: decode speed only
-        w0, c0 = wall(), cpu()
-        out += [step.token_id for step in gen]
-        return out, wall() - w0, cpu() - c0
 
-    def run_reference():
-        r = ref.CachedReference(cfg, sd)
-        with torch.inference_mode():
-            out = [int(r.forward(prompt)[-1].argmax())]
-            w0, c0 = wall(), cpu()
-            for _ in range(tokens - 1):
-                out.append(int(r.forward([out[-1]])[-1].argmax()))
-        return out, wall() - w0, cpu() - c0
-
-    if engine_first:
-        (ours, ew, ec), (theirs, rw, rc) = run_engine(), run_reference()
-    else:
-        (theirs, rw, rc), (ours, ew, ec) = run_reference(), run_engine()
+def _one_round(runners: dict, tokens: int, shift: int) -> dict:
+    """Each decoder once, whole decodes one after the other (not step by step: interleaved steps would evict
+    each other's weights from the shared L3 cache every step and time cold-cache decoders); the start rotates."""
+    names = list(runners)
+    names = names[shift % 3:] + names[: shift % 3]
+    res = {k: runners[k](tokens) for k in names}
     n = tokens - 1
-    return {"engine_tokens_per_s": round(n / ew, 2), "reference_tokens_per_s": round(n / rw, 2),
-            "engine_cpu_ms_per_token": round(1e3 * ec / n, 3), "reference_cpu_ms_per_token": round(1e3 * rc / n, 3),
-            "ratio": round(rw / ew, 3), "cpu_time_ratio": round(rc / ec, 3) if ec else None,
-            "identical": ours == theirs}
+    rep = {}
+    for k, (_, w, c) in res.items():
+        rep[f"{k}_tokens_per_s"] = round(n / w, 2)
+        rep[f"{k}_cpu_ms_per_token"] = round(1e3 * c / n, 3)
+    ew, ec = res["engine"][1], res["engine"][2]
+    rep.update(ratio=round(res["upstream"][1] / ew, 3), cpu_time_ratio=round(res["upstream"][2] / ec, 3),
+               lean_ratio=round(res["lean"][1] / ew, 3), lean_cpu_time_ratio=round(res["lean"][2] / ec, 3),
+               identical=res["engine"][0] == res["upstream"][0] == res["lean"][0], first=names[0])
+    return rep
 
 
 def table(rep: dict) -> str:
     lines = [f"{Path(rep['model']).name}: greedy float32 decode of {rep['tokens']} tokens, {rep['threads']} thread(s), "
              f"prompt {rep['prompt_tokens']} tokens, {rep['rounds']} rounds (median)",
-             f"  angel torch backend  {rep['engine_tokens_per_s']:>9.1f} tok/s",
-             f"  reference (upstream) {rep['reference_tokens_per_s']:>9.1f} tok/s",
-             f"  ratio {rep['ratio']:.2f}x wall time, {rep['cpu_time_ratio']:.2f}x CPU time; identical tokens: "
-             f"{'yes' if rep['identical'] else 'NO'}"]
+             f"  angel torch backend              {rep['engine_tokens_per_s']:>9.1f} tok/s"
+             f"  {rep['engine_cpu_ms_per_token']:7.2f} ms CPU/token",
+             f"  upstream structure (HF generate) {rep['upstream_tokens_per_s']:>9.1f} tok/s"
+             f"  {rep['upstream_cpu_ms_per_token']:7.2f} ms CPU/token",
+             f"  lean reference (bare loop)       {rep['lean_tokens_per_s']:>9.1f} tok/s"
+             f"  {rep['lean_cpu_ms_per_token']:7.2f} ms CPU/token",
+             f"  vs upstream: {rep['ratio']:.2f}x wall, {rep['cpu_time_ratio']:.2f}x CPU time; "
+             f"vs lean: {rep['lean_ratio']:.2f}x wall, {rep['lean_cpu_time_ratio']:.2f}x CPU time",
+             f"  identical tokens: {'yes' if rep['identical'] else 'NO'}"]
     return "\n".join(lines)

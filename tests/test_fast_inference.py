@@ -165,5 +165,22 @@ def test_bench_vs_reference_reports_both_speeds_and_identical_tokens():
 
     rep = run_vs_reference(None, tokens=8, rounds=1)
     assert rep["identical"] is True and rep["tokens"] == 8 and rep["threads"] == 1
-    assert rep["engine_tokens_per_s"] > 0 and rep["reference_tokens_per_s"] > 0 and rep["ratio"] > 0
+    assert rep["engine_tokens_per_s"] > 0 and rep["upstream_tokens_per_s"] > 0 and rep["lean_tokens_per_s"] > 0
+    assert rep["ratio"] > 0 and rep["lean_ratio"] > 0 and rep["per_round"][0]["identical"] is True
     assert "identical tokens: yes" in table(rep)
+
+
+def test_inference_plan_follows_parameter_changes(tmp_path):
+    """The plan's direct references and stacked copies are rebuilt after in-place edits and replacements."""
+    model, mcfg, _, _ = _model(tmp_path, {})
+    ids = [3]  # one token: the batched one-token MoE path with the stacked expert copies
+    before = _logits(model, ids, True).logits
+    moe_layer = model.model.layers[-1]
+    with torch.no_grad():
+        moe_layer.mlp.experts.w13.mul_(1.5)  # in place: _version changes
+        moe_layer.mlp.shared_experts.up_proj.weight.mul_(-1.0)
+        att = model.model.layers[0].attention
+        att.query_key_value.weight = torch.nn.Parameter(att.query_key_value.weight * 0.5)  # replaced
+    fast, slow = _logits(model, ids, True).logits, _logits(model, ids, False).logits
+    assert (fast - before).abs().max() > 1e-3  # the edits matter
+    assert (fast - slow).abs().max() < 1e-4

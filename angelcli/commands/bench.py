@@ -33,7 +33,7 @@ def bench(
     tp: int = typer.Option(1, "--tp", envvar="ANGEL_TP", help="Tensor-parallel GPUs."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     vs_reference: bool = typer.Option(False, "--vs-reference", help="CPU decode of MODEL (default angel-tiny) "
-                                      "against the upstream-shaped reference in tests/: float32, greedy, "
+                                      "against the upstream code's structure (HF generate) and a lean reference, both in tests/: float32, greedy, "
                                       "--tokens (default 128) tokens, identical tokens required (exit 1)."),
     threads: int = typer.Option(1, "--threads", envvar="ANGEL_THREADS", help="CPU threads for --vs-reference."),
     count_launches: bool = typer.Option(False, "--count-launches", help="Count the kernels one decode step and "
@@ -41,6 +41,7 @@ def bench(
     batch: int = typer.Option(1, "--batch", help="--count-launches: decode batch size."),
     device_name: str = typer.Option("NVIDIA H20", "--device-name", envvar="ANGEL_DEVICE_NAME",
                                     help="--count-launches: GPU whose launch configs are looked up."),
+    rounds: int = typer.Option(3, "--rounds", help="Alternating rounds for --vs-reference (median reported)."),
 ) -> None:
     """Measure prefill and decode throughput at batch 1/32 and context 1K/32K, BF16 and FP8, with the
     decode step as a fraction of the memory-bandwidth roofline. On CPU everything is scaled down.
@@ -57,7 +58,7 @@ def bench(
         from angelcli.bench_reference import run_vs_reference, table
         from angelcli.errors import CheckFailed
 
-        rep = run_vs_reference(model, tokens=tokens or 128, threads=threads)
+        rep = run_vs_reference(model, tokens=tokens or 128, threads=threads, rounds=rounds)
         if json_out:
             emit_json(rep)
         else:

@@ -249,10 +249,11 @@ class Engine:
                 exchanged = True
                 if not self._tp_go(bool(still)) or not still:
                     return True
-                keep = torch.tensor(still, device=tokens.device)
-                live = [live[j] for j in still]
+                if len(still) < len(live):  # some rows finished: drop their tokens
+                    tokens = tokens[torch.tensor(still, device=tokens.device)]
+                    live = [live[j] for j in still]
                 n += 1
-                logits, pre = self._decode(tokens[keep], cache.rows(live), [plist[rows[i]] for i in live],
+                logits, pre = self._decode(tokens, cache.rows(live), [plist[rows[i]] for i in live],
                                            [seeds[i] for i in live], n)
         except GeneratorExit:
             if not exchanged:

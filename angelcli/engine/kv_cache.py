@@ -134,10 +134,10 @@ class KVCache(RowLengths):
             raise ResourceError(f"KV cache full: {end} tokens needed, {self.max_len} allocated (raise --max-seq-len)")
         kc, vc = self.k[layer], self.v[layer]
         if not self.is_ragged:
-            start = lens[0]
-            kc[:, :, start:end] = k
-            vc[:, :, start:end] = v
-            return kc[:, :, :end], vc[:, :, :end]
+            start = lens[0]  # narrow: one op where [:, :, a:b] dispatches three (decode is dispatch-bound)
+            kc.narrow(2, start, T).copy_(k)
+            vc.narrow(2, start, T).copy_(v)
+            return kc.narrow(2, 0, end), vc.narrow(2, 0, end)
         for i, (r, n) in enumerate(zip(self.store_rows, lens)):
             kc[r, :, n : n + T] = k[i]
             vc[r, :, n : n + T] = v[i]

@@ -1,9 +1,9 @@
 """The torch backend's inference forward: the same model and numerics as the modules' forward, with fewer ops.
 
 A decode step of a small model on a CPU thread costs mostly tensor-op dispatches (1-3 us each on this
-project's CPU) and the weights it reads, not FLOPs, so this forward reads the modules' parameters directly
-and does per step only what the semantics need (angel-tiny: 349 ops per decode step against the upstream
-layout's 712, docs/benchmarks.md):
+project's CPU) and the weights it reads, not FLOPs, so this forward reads the parameters through a per-model
+plan of direct references (inference_plan.py: no nn.Module lookups per step) and does per step only what the
+semantics need (angel-tiny: 294 ops per decode step against the upstream layout's 712, docs/benchmarks.md):
   * rotary tables come precomputed per position (Rotary.full_tables), in a form that rotates q and k of all
     heads with one multiply-add: out = x * cos_full + x[..., swap] * sin_signed (cos_full = 1 and
     sin_signed = 0 on the pass-through dims, sin_signed = -sin on the first rotary half), which is the same
@@ -13,9 +13,10 @@ layout's 712, docs/benchmarks.md):
   * attention reads the cached K/V without repeat_interleave copies: float32 uses PyTorch's fused SDPA with
     GQA; other dtypes keep the eager formulation (scores rounded to the activation dtype, fp32 softmax) with
     the query heads grouped per KV head, which is the same arithmetic as upstream's repeat_kv + matmul;
-  * routed experts run only for the (token, slot) pairs that need them: a short loop over the chosen experts
-    when a step routes few tokens, one sorted pass otherwise; each expert output is cast to fp32, weighted
-    and summed over the slots in fp32 as upstream does;
+  * routed experts run only for the (token, slot) pairs that need them: one token in float32 gathers its K
+    experts and the shared expert from stacked copies and runs them as two batched products
+    (one_token_experts); otherwise a short loop over the chosen experts when a step routes few tokens, one
+    sorted pass beyond; the slot outputs are weighted and summed in fp32 as upstream does;
   * the causal mask and the cache's ragged bookkeeping are built once per forward, not once per layer;
   * on CPU, small projection weights are read from input-major copies (input_major_copy).
 BailingMoeForCausalLM.forward takes this path in inference (no autograd, eval mode, one process); the
@@ -52,6 +53,18 @@ def norm(x: torch.Tensor, module) -> torch.Tensor:
     if x.dtype == torch.float32 and module.weight.dtype == torch.float32:
         return F.rms_norm(x, (x.shape[-1],), module.weight, module.eps)
     return module.weight * rms(x, module.eps)
+
+
+def apply(proj, x: torch.Tensor) -> torch.Tensor:
+    """A plan's projection entry (inference_plan.projection): a weight tensor, or a module to call."""
+    return F.linear(x, proj) if isinstance(proj, torch.Tensor) else proj(x)
+
+
+def norm_with(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """norm() from a plan's (weight, eps)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return weight * rms(x, eps)
 
 
 def lin(module, x: torch.Tensor, input_major: bool = False) -> torch.Tensor:
@@ -99,20 +112,20 @@ def qk_weight(att) -> torch.Tensor:
 
 
 def attention(att, x, cos, sin, swap, cache, mask) -> torch.Tensor:
-    """x [B, T, H] (already input-normed) -> attention output [B, T, H] after the dense projection.
+    """x [B, T, H] (already input-normed) -> attention output [B, T, H] after the dense projection. att: AttPlan.
 
     cos / sin [B or 1, T, 1, D] full tables; swap [D] the rotate-half permutation; mask: None (nothing to
     mask: one new token per row at equal lengths), [T, S] or [B, 1, T, S] bool (True = visible)."""
-    B, T, _ = x.shape
-    nh, nkv, D = att.num_heads, att.num_kv, att.head_dim
-    qkv = lin(att.query_key_value, x).view(B, T, nh + 2 * nkv, D)
-    qk = rms(qkv[:, :, : nh + nkv], att.query_layernorm.eps) * qk_weight(att)  # q and k heads in one pass
+    B, T, _ = x.shape  # (narrow, not [:, :, a:b]: one op instead of three; a step is dispatch-bound)
+    nh, nkv, D = att.nh, att.nkv, att.D
+    qkv = apply(att.qkv, x).view(B, T, nh + 2 * nkv, D)
+    qk = rms(qkv.narrow(2, 0, nh + nkv), att.eps) * att.qk_weight  # q and k heads in one pass
     rot = qk * cos + qk.index_select(-1, swap) * sin  # [B, T, Hq + Hkv, D]
-    q = rot[:, :, :nh].transpose(1, 2)  # [B, Hq, T, D]
-    k = rot[:, :, nh:].transpose(1, 2)  # [B, Hkv, T, D]
-    v = qkv[:, :, nh + nkv :].transpose(1, 2)
+    q = rot.narrow(2, 0, nh).transpose(1, 2)  # [B, Hq, T, D]
+    k = rot.narrow(2, nh, nkv).transpose(1, 2)  # [B, Hkv, T, D]
+    v = qkv.narrow(2, nh + nkv, nkv).transpose(1, 2)
     if cache is not None:
-        k, v = cache.update(att.layer_idx, k, v)  # [B, Hkv, S, D]
+        k, v = cache.update(att.idx, k, v)  # [B, Hkv, S, D]
     rep = nh // nkv
     if x.dtype == torch.float32:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=att.scale, enable_gqa=rep > 1)
@@ -125,12 +138,32 @@ def attention(att, x, cos, sin, swap, cache, mask) -> torch.Tensor:
             scores = scores.view(B, nkv, rep, T, S).masked_fill(~m[:, :, None], float("-inf")).view(B, nkv, -1, S)
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v).view(B, nh, T, D)
-    return lin(att.dense, out.transpose(1, 2).reshape(B, T, nh * D))
+    return apply(att.dense, out.transpose(1, 2).reshape(B, T, nh * D))
 
 
 def mlp(m, x: torch.Tensor) -> torch.Tensor:
     """The dense FFN / shared expert: down(silu(gate x) * up x)."""
     return lin(m.down_proj, F.silu(lin(m.gate_proj, x)) * lin(m.up_proj, x))
+
+
+def mlp_plan(m, x: torch.Tensor) -> torch.Tensor:
+    """mlp() from an MlpPlan."""
+    return apply(m.down, F.silu(apply(m.gate, x)) * apply(m.up, x))
+
+
+def moe_plan(mp, x: torch.Tensor, router: list | None) -> torch.Tensor:
+    """moe() from a MoePlan: one token in float32 with stacked experts takes the batched path, the rest moe()."""
+    if mp.stacked is None or x.dtype != torch.float32 or x.shape[0] * x.shape[1] != 1 or \
+            mp.gate_w.dtype != torch.float32:
+        return moe(mp.block, x, router)
+    cfg = mp.block.cfg
+    flat = x.view(1, x.shape[-1])
+    logits = F.linear(flat, mp.gate_w)
+    ids, weights = route(logits, mp.bias, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
+                         cfg.routed_scaling_factor)
+    if router is not None:
+        router.append(RouterOutput(mp.layer_idx, logits, ids, weights))
+    return one_token_experts(mp.stacked, flat, ids, weights).view(x.shape)
 
 
 def expert(experts, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -171,6 +204,50 @@ def moe(block, x: torch.Tensor, router: list | None) -> torch.Tensor:
     return y
 
 
+# Largest stacked expert weights (both tensors of one layer) kept for the one-token MoE path: small models on
+# CPU, where a decode step is dispatch-bound; a big model's expert weights are not duplicated.
+STACKED_MAX_BYTES = 64 << 20
+
+
+def stacked_experts(block):
+    """(w13t [E+1, H, 2I], w2t [E+1, I, H], shared index E) for the one-token path, or None where it does not
+    apply (FP8 experts, a shared expert of another width or kind, no shared expert, not on CPU, too large).
+
+    Row E is the shared expert (gate rows then up rows, as the routed w13), so one batched product runs the
+    K chosen experts and the shared expert together; every row is stored input-major (the [1, H] x [H, 2I]
+    products stream whole rows, see input_major_copy)."""
+    ex, sh = block.experts, block.shared_experts
+    if ex.w13_scale is not None or sh is None or ex.w13.device.type != "cpu" or ex.w13.dtype != torch.float32:
+        return None
+    parts = (sh.gate_proj, sh.up_proj, sh.down_proj)
+    if any(type(m) is not nn.Linear for m in parts) or sh.gate_proj.weight.shape[0] != ex.inter:
+        return None
+    if 2 * ex.w13.numel() * ex.w13.element_size() > STACKED_MAX_BYTES:
+        return None
+    g, u, d = (m.weight for m in parts)
+
+    def build():
+        w13 = torch.cat([ex.w13, torch.cat([g, u])[None]]).transpose(1, 2).contiguous()
+        w2 = torch.cat([ex.w2, d[None]]).transpose(1, 2).contiguous()
+        return w13, w2, ex.w13.shape[0]
+
+    return _derived(block, "_stacked_experts", (ex.w13, ex.w2, g, u, d), build)
+
+
+def one_token_experts(stacked, flat, ids, weights) -> torch.Tensor:
+    """fp32 MoE output for one token: flat [1, H], ids / weights [1, K] -> routed + shared [1, H].
+
+    The K chosen experts and the shared expert (row E) are gathered with one index and run as two batched
+    products ([K+1, 1, H] x [K+1, H, 2I], then x [K+1, I, H]); the weighted slot sum and the shared add are
+    one [1, K+1] x [K+1, H] product with the shared expert's weight 1 (fp32 throughout, as upstream)."""
+    w13t, w2t, shared = stacked
+    K, H = ids.shape[1], flat.shape[-1]
+    sel = F.pad(ids[0], (0, 1), value=shared)  # [K+1]: the chosen experts, then the shared expert
+    gate, up = torch.bmm(flat.expand(K + 1, 1, H), w13t.index_select(0, sel)).chunk(2, dim=-1)
+    outs = torch.bmm(F.silu(gate) * up, w2t.index_select(0, sel))  # [K+1, 1, H]
+    return torch.mm(F.pad(weights, (0, 1), value=1.0), outs.view(K + 1, H))
+
+
 def sorted_dispatch(experts, flat, ids, weights, E: int) -> torch.Tensor:
     """Pairs sorted by expert, each expert once on its rows. flat [N, H], ids / weights [N, K] -> [N, H] fp32.
 
@@ -189,7 +266,7 @@ def sorted_dispatch(experts, flat, ids, weights, E: int) -> torch.Tensor:
 def forward(model, input_ids, cache, positions, capture_layers, router) -> tuple[torch.Tensor, dict]:
     """Every decoder layer of `model` (a BailingMoeForCausalLM) on input_ids [B, T] -> (h [B, T, H] before the
     final norm, {layer: residual stream} for capture_layers). Advances the cache by T."""
-    from angelcli.model.moe import SparseMoe
+    from angelcli.model.inference_plan import MoePlan, plan_for
 
     B, T = input_ids.shape
     ragged = cache is not None and getattr(cache, "is_ragged", False)
@@ -208,10 +285,10 @@ def forward(model, input_ids, cache, positions, capture_layers, router) -> tuple
     else:
         mask = None
     hidden = {}
-    for i, layer in enumerate(model.model.layers):
-        h = h + attention(layer.attention, norm(h, layer.input_layernorm), cos, sin, swap, cache, mask)
-        x = norm(h, layer.post_attention_layernorm)
-        h = h + (moe(layer.mlp, x, router) if isinstance(layer.mlp, SparseMoe) else mlp(layer.mlp, x))
+    for i, lp in enumerate(plan_for(model).layers):
+        h = h + attention(lp.att, norm_with(h, *lp.in_norm), cos, sin, swap, cache, mask)
+        x = norm_with(h, *lp.post_norm)
+        h = h + (moe_plan(lp.ffn, x, router) if isinstance(lp.ffn, MoePlan) else mlp_plan(lp.ffn, x))
         if i in capture_layers:
             hidden[i] = h
     if cache is not None:
