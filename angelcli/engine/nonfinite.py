@@ -40,12 +40,19 @@ def first_nonfinite_stage(model, ids: list[int], device) -> str | None:
         return hook
 
     handles = [mod.register_forward_hook(hook_for(name)) for name, mod in stages]
+    # The fast inference forward (model/inference.py) bypasses the modules' forward, so hooks would not fire:
+    # the diagnosis runs the module forward, the slow twin of the same numerics.
+    fast = getattr(model, "fast_inference", None)
+    if fast is not None:
+        model.fast_inference = False
     try:
         with torch.inference_mode():
             model(torch.as_tensor([ids], dtype=torch.long, device=device))
     finally:
         for h in handles:
             h.remove()
+        if fast is not None:
+            model.fast_inference = fast
     return found[0] if found else None
 
 
