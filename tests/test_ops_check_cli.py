@@ -42,10 +42,10 @@ def test_check_json_report(capsys):
 
 def test_check_human_report_and_failure_exit_code(capsys, monkeypatch):
     monkeypatch.setitem(cases.CHECK_CASES, "rms_norm", lambda dev: (0.5, 0.1))  # a kernel off by too much
-    code, out, err = run(["kernels", "--check", "--only", "rms_norm", "--only", "quantize"], capsys)
+    code, out, err = run(["kernels", "--check", "--only", "rms_norm", "--only", "quantize_fp8"], capsys)
     assert code == 1
     assert "rms_norm" in out and "FAIL" in out and "max error 0.5 > tolerance 0.1" in out
-    assert "quantize_fp8" in out and "1/2 ok" in out
+    assert "quantize_fp8" in out and "rms_norm_fp8" in out and "2/3 ok" in out  # --only is a name prefix
     assert err.strip().splitlines()[-1] == "angel: error: kernels --check: 1 failed: rms_norm"
 
 
