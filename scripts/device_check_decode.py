@@ -1,6 +1,6 @@
 """`just device-check`, decode part (scripts/device_check.sh runs it).
 
-angel engine on a GPU: a full-width AntAngelMed-FP8 slice (BENCH_LAYERS layers, default 16) built in GPU memory
+angel engine on a GPU: a full-width AntAngelMed-FP8 slice (BENCH_LAYERS layers, default 8) built in GPU memory
 with random block-FP8 weights (no checkpoint on disk). Sections, each saved to $OUT/decode_bench.json as it ends:
   graph_vs_eager   CUDA-graph decode vs eager decode logits (padded batch too): the graph path never ran before
   triton_vs_torch_ops  the triton runner (real kernels) vs the same runner on the plain-torch twins: prefill of 32
@@ -23,7 +23,7 @@ import tempfile
 OUT = os.environ.get("OUT") or tempfile.mkdtemp(); os.makedirs(OUT, exist_ok=True)
 TINY = os.environ.get("BENCH_TINY") == "1"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-L = int(os.environ.get("BENCH_LAYERS") or ("2" if TINY else "16"))
+L = int(os.environ.get("BENCH_LAYERS") or ("2" if TINY else "8"))
 from angelcli.config import ModelConfig
 from angelcli.model.bailing import BailingMoeForCausalLM
 from angelcli.model.fp8 import swap_to_fp8

@@ -32,7 +32,7 @@ def test_check_json_report(capsys):
     report = json.loads(out)
     assert report["ok"] and report["gpu"] is None and report["triton"]
     rows = {r["name"]: r for r in report["kernels"]}
-    assert set(rows) == {"moe_align", "rms_norm"}
+    assert set(rows) == {"moe_align", "rms_norm", "rms_norm_fp8"}  # --only is a name prefix
     for r in rows.values():
         assert r["interpreter_max_err"] <= r["tolerance"]
         assert r["aot_sm90"] is True and r["shared_bytes"] <= 227 * 1024 and r["fp8_wgmma"] is None
