@@ -58,8 +58,9 @@ timeout -k 10 "$CHECK_T" "$PY" -m angelcli kernels --check --json --save "$OUT/k
 CHECK_PID=$!
 
 # ---- 2. engine decode benchmark on a full-width AntAngelMed-FP8 slice (weights built on the GPU) --------------
-# 8 layers: ~60 GB of weights (each runner holds its own copy of the experts with the shared one appended)
-BENCH_LAYERS="${BENCH_LAYERS:-8}" OUT="$OUT" timeout -k 10 "${DECODE_T:-190}" "$PY" scripts/device_check_decode.py \
+# BENCH_LAYERS default 8 (2 in BENCH_TINY): ~60 GB of weights, as each runner (graph and eager engine) holds its
+# own copy of the experts with the shared one appended
+BENCH_LAYERS="${BENCH_LAYERS:-}" OUT="$OUT" timeout -k 10 "${DECODE_T:-190}" "$PY" scripts/device_check_decode.py \
   > "$OUT/decode_bench.log" 2>&1
 step_end decode_bench $?
 tail -c 2500 "$OUT/decode_bench.log"
