@@ -20,7 +20,7 @@ def run_route_gemm(t, e, h, k, n_group, topk_group, n_shared=0, device="cpu", se
     from angelcli.ops.router_gemm import route_gemm
 
     x = randn(t, h, seed=seed, device=device)
-    w = randn(e, h, seed=seed + 1, scale=h ** -0.5 * 4, device=device)
+    w = randn(e, h, seed=seed + 1, scale=2 * h ** -0.5, device=device)  # logits ~ N(0, 4), as run_route
     bias = (torch.randn(e, generator=gen(seed + 2)) * 0.1).to(device)
     got = route_gemm(x, w, bias, k, n_group, topk_group, 2.5, n_shared)
     want = ref.route_gemm(x, w, bias, k, n_group, topk_group, 2.5, n_shared)
