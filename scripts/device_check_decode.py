@@ -1,8 +1,11 @@
 """`just device-check`, decode part (scripts/device_check.sh runs it).
 
-angel engine on a GPU: a full-width AntAngelMed-FP8 slice (BENCH_LAYERS layers, default 16) built in GPU memory
+angel engine on a GPU: a full-width AntAngelMed-FP8 slice (BENCH_LAYERS layers, default 8) built in GPU memory
 with random block-FP8 weights (no checkpoint on disk). Sections, each saved to $OUT/decode_bench.json as it ends:
   graph_vs_eager   CUDA-graph decode vs eager decode logits (padded batch too): the graph path never ran before
+  triton_vs_torch_ops  the triton runner (real kernels) vs the same runner on the plain-torch twins: prefill of 32
+                   tokens + 8 greedy decode steps at batch 1 and 3; max |diff| of the last-position logits
+                   relative to the logit scale, argmax agreement and the twin's top-2 margin per step
   runs             generate_batch timing; 'cold' = first run at a new cache width (graph captured inside the timed
                    decode window, what `angel bench` measures), 'warm' = the same shapes again
   eager_step       kernels per decode step (profiler) and host time of an eager step
@@ -20,7 +23,7 @@ import tempfile
 OUT = os.environ.get("OUT") or tempfile.mkdtemp(); os.makedirs(OUT, exist_ok=True)
 TINY = os.environ.get("BENCH_TINY") == "1"
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-L = int(os.environ.get("BENCH_LAYERS") or ("2" if TINY else "16"))
+L = int(os.environ.get("BENCH_LAYERS") or ("2" if TINY else "8"))
 from angelcli.config import ModelConfig
 from angelcli.model.bailing import BailingMoeForCausalLM
 from angelcli.model.fp8 import swap_to_fp8
@@ -158,6 +161,52 @@ try:
     R["graph_vs_eager"] = res; save(); print("graph_vs_eager", json.dumps(res), flush=True)
 except Exception:
     fail("graph_vs_eager")
+
+# ---- 1b. triton kernels vs their plain-torch twins, end to end (the only GPU check of the fused kernels) ------
+# Two views of eng2's runner (same weights, same joined shared expert, same KV pool: no second copy of the
+# experts): ops="triton" (real kernels, eager) and ops="torch" (reference.py twins). The twin's greedy tokens
+# are fed to both, so every step compares the same inputs. In BENCH_TINY the triton side is the interpreter.
+try:
+    import copy
+    from angelcli.engine.triton_backend import _Ops
+    def view(which):
+        net = copy.copy(eng2.net)
+        net.ops, net.graphs, net.cuda_graphs = _Ops(which), None, False
+        return net
+    nets = {"triton": view("triton"), "torch": view("torch")}
+    P, STEPS = (32, 8) if not TINY else (6, 2)
+    t0 = time.time(); res = {}
+    for B in (1, 3):
+        g = torch.Generator().manual_seed(11 + B)
+        ids = torch.randint(0, cfg.vocab_size, (B, P), generator=g).to(DEV)
+        caches = {k: n.new_cache(B, P + STEPS + 2) for k, n in nets.items()}
+        rows, tok = [], None
+        try:
+            for step in range(STEPS + 1):
+                inp = ids if step == 0 else tok[:, None]
+                with torch.no_grad():
+                    lg = {k: n(inp, caches[k], last_only=True).logits.float()[:, -1] for k, n in nets.items()}  # [B, V]
+                ref_l, got = lg["torch"], lg["triton"]
+                top2 = ref_l.topk(2, dim=-1).values
+                scale = float(ref_l.abs().max())
+                rows.append(dict(step="prefill" if step == 0 else f"decode{step}",
+                                 max_abs_diff=float((got - ref_l).abs().max()),
+                                 rel_to_logit_scale=float((got - ref_l).abs().max()) / max(scale, 1e-30),
+                                 argmax_equal=[bool(x) for x in (got.argmax(-1) == ref_l.argmax(-1)).tolist()],
+                                 min_top2_margin=float((top2[:, 0] - top2[:, 1]).min())))
+                tok = ref_l.argmax(-1)
+        finally:
+            for c in caches.values():
+                c.reset()
+        res[f"B={B}"] = dict(prompt=P, steps=rows,
+                             worst_rel=max(r["rel_to_logit_scale"] for r in rows),
+                             argmax_agree=f"{sum(sum(r['argmax_equal']) for r in rows)}/{sum(len(r['argmax_equal']) for r in rows)}")
+        R["triton_vs_torch_ops"] = dict(res, seconds=round(time.time() - t0, 1)); save()
+    print("triton_vs_torch_ops", json.dumps({k: (v["worst_rel"], v["argmax_agree"]) for k, v in res.items()}),
+          f"{time.time() - t0:.1f}s", flush=True)
+    del nets
+except Exception:
+    fail("triton_vs_torch_ops")
 
 # ---- 2. generate_batch timing -----------------------------------------------------------------------------
 shapes = [(1, 1024), (32, 1024), (1, 8192), (32, 8192)] if not TINY else [(1, 64), (4, 64)]

@@ -32,7 +32,7 @@ def test_check_json_report(capsys):
     report = json.loads(out)
     assert report["ok"] and report["gpu"] is None and report["triton"]
     rows = {r["name"]: r for r in report["kernels"]}
-    assert set(rows) == {"moe_align", "rms_norm"}
+    assert set(rows) == {"moe_align", "rms_norm", "rms_norm_fp8"}  # --only is a name prefix
     for r in rows.values():
         assert r["interpreter_max_err"] <= r["tolerance"]
         assert r["aot_sm90"] is True and r["shared_bytes"] <= 227 * 1024 and r["fp8_wgmma"] is None
@@ -42,10 +42,10 @@ def test_check_json_report(capsys):
 
 def test_check_human_report_and_failure_exit_code(capsys, monkeypatch):
     monkeypatch.setitem(cases.CHECK_CASES, "rms_norm", lambda dev: (0.5, 0.1))  # a kernel off by too much
-    code, out, err = run(["kernels", "--check", "--only", "rms_norm", "--only", "quantize"], capsys)
+    code, out, err = run(["kernels", "--check", "--only", "rms_norm", "--only", "quantize_fp8"], capsys)
     assert code == 1
     assert "rms_norm" in out and "FAIL" in out and "max error 0.5 > tolerance 0.1" in out
-    assert "quantize_fp8" in out and "1/2 ok" in out
+    assert "quantize_fp8" in out and "rms_norm_fp8" in out and "2/3 ok" in out  # --only is a name prefix
     assert err.strip().splitlines()[-1] == "angel: error: kernels --check: 1 failed: rms_norm"
 
 
@@ -130,3 +130,25 @@ def test_tune_candidates_fit_and_markdown_report():
     md = bench.benchmarks_markdown({"date": "2026-11-24", "device": "NVIDIA_H20", "triton": "3.9.0", "rows": [
         bench._row("fused_moe[fp8_block] M=1", 0.5, 2e9, 1e9, True, bench.PEAKS["NVIDIA_H20"])]})
     assert "## 2026-11-24 - NVIDIA_H20" in md and "| fused_moe[fp8_block] M=1 | 0.5 | 4000.0 | 2.0 | 1.0 |" in md
+
+
+def test_check_save_keeps_rows_of_a_stopped_run(capsys, tmp_path, monkeypatch):
+    """--save rewrites the report after every row, so a check killed by a time limit leaves what finished."""
+    saved = []
+    monkeypatch.setattr(check, "save_report", lambda path, rep: saved.append((path, json.loads(json.dumps(rep)))))
+    monkeypatch.setitem(cases.CHECK_CASES, "rms_norm", lambda dev: (0.5, 0.1))
+    path = str(tmp_path / "report.json")
+    code, out, _ = run(["kernels", "--check", "--json", "--save", path, "--only", "rms_norm"], capsys)
+    assert code == 1
+    rows_seen = [len(rep["kernels"]) for _, rep in saved]
+    assert rows_seen == [1, 2, 2] and all(p == path for p, _ in saved)  # two rows, then the final report
+    assert saved[0][1]["partial"] is True and saved[0][1]["ok"] is False and "partial" not in saved[-1][1]
+    assert saved[-1][1]["kernels"] == json.loads(out)["kernels"]
+
+
+def test_save_report_writes_whole_files(tmp_path):
+    path = tmp_path / "r.json"
+    check.save_report(str(path), {"ok": True, "kernels": []})
+    check.save_report(str(path), {"ok": False, "kernels": [{"name": "x"}]})
+    assert json.loads(path.read_text())["kernels"] == [{"name": "x"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind

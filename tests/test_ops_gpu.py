@@ -83,3 +83,19 @@ def test_fused_moe_prequantized_and_shared_expert_real_width(t):
     combined = dict(x=kw["x"], w13=w13c, w2=w2c, topk_weights=w, topk_ids=ids, w13_scale=s13, w2_scale=s2)
     twin = ops.reference.fused_moe(**combined)
     assert cases.max_err(ops.fused_moe(**combined), twin) <= cases.bf16_tol(twin, cases.RTOL["fp8"])
+
+
+@pytest.mark.parametrize("t", [1, 4096])  # last in the file: the device check's time limit cuts it first
+def test_fused_decode_kernels_real_width(t):
+    """The engine's fused kernels at AntAngelMed widths: router GEMM + top-k with the shared-expert slot,
+    norm + FP8 quantisation, silu * up (+ FP8) at the dense layer's width, QK-norm + RoPE + KV write."""
+    from angelcli.ops import cases_fused as cf
+
+    for err, tol in (cf.run_route_gemm(t, 256, 4096, 8, 8, 4, 1, device="cuda"),
+                     cf.run_rms_norm_fp8((t, 4096), device="cuda"),
+                     cf.run_silu_mul(t, 9216, True, device="cuda"),
+                     cf.run_qk_norm_rope_cache(t, 32, 4, 128, 64, 16, device="cuda")):
+        assert err <= tol
+    if t == 1:
+        err, tol = cf.run_attention_decode_fp8([32768, 5, 4096], 32, 4, 128, 16, device="cuda")
+        assert err <= tol

@@ -19,6 +19,9 @@ def kernels(
     write: str = typer.Option(None, "--write", metavar="FILE", help="With --bench: append a dated markdown table "
                               "to FILE (e.g. docs/benchmarks.md)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
+    save: str = typer.Option(None, "--save", metavar="FILE", help="With --check: also write the JSON report to "
+                             "FILE after every row (temp name, then rename), so a run stopped by a time limit "
+                             "leaves the rows done so far (marked \"partial\": true)."),
     configs: bool = typer.Option(True, "--configs/--no-configs", help="Also check every shipped launch config."),
     only: list[str] = typer.Option(None, "--only", help="Check only kernels whose name starts with this "
                                    "(repeatable); skips the config rows."),
@@ -44,9 +47,13 @@ def kernels(
             for line in report["lines"]:
                 typer.echo(line)
         return
-    from angelcli.ops.check import check_kernels, format_report
+    from angelcli.ops.check import check_kernels, format_report, save_report
 
-    report = check_kernels(configs=configs, only=only or None, progress=lambda name: log(f"checking {name}"))
+    on_rows = (lambda rep: save_report(save, rep)) if save else None
+    report = check_kernels(configs=configs, only=only or None, progress=lambda name: log(f"checking {name}"),
+                           on_rows=on_rows)
+    if save:
+        save_report(save, report)
     if json_out:
         emit_json(report)
     else:

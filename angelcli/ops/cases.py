@@ -227,6 +227,12 @@ def run_attention_decode(lens, hq, hkv, d, block_size, num_splits=None, device="
     return max_err(out, want), bf16_tol(want)
 
 
+def _fused(name: str):
+    from angelcli.ops import cases_fused  # imports this module's helpers: resolved at call time
+
+    return getattr(cases_fused, name)
+
+
 # The op-level cases `angel kernels --check` runs (small shapes: the interpreter is slow). name -> runner
 CHECK_CASES = {
     "moe_align": lambda dev: run_moe_align(33, 8, 256, 16, dev),
@@ -243,9 +249,18 @@ CHECK_CASES = {
     "fp8_gemm[block]": lambda dev: run_fp8_gemm(33, 256, 300, "block", dev),
     "fp8_gemm[channel]": lambda dev: run_fp8_gemm(17, 130, 256, "channel", dev),
     "fp8_gemm[prequantized]": lambda dev: run_fp8_gemm(33, 256, 256, "block", dev, prequantized=True),
+    # the engine's fused kernels (runners in cases_fused.py)
+    "route_gemm[decode]": lambda dev: _fused("run_route_gemm")(1, 256, 128, 8, 8, 4, 1, dev),
+    "route_gemm[prefill]": lambda dev: _fused("run_route_gemm")(70, 64, 96, 6, 8, 4, 0, dev),
+    "rms_norm_fp8": lambda dev: _fused("run_rms_norm_fp8")((17, 384), dev),
+    "silu_mul": lambda dev: _fused("run_silu_mul")(17, 192, True, dev),
+    "qk_norm_rope_cache": lambda dev: _fused("run_qk_norm_rope_cache")(21, 8, 1, 128, 64, 16, dev),
+    "attention_decode_fp8": lambda dev: _fused("run_attention_decode_fp8")([300, 5], 8, 1, 128, 16, 4, dev),
+    "quantize_act_fp8": lambda dev: _fused("run_quantize_act_fp8")(9, 320, 128, True, dev),
 }
 FP8_CASES = {"fused_moe[fp8_block]", "fused_moe[fp8_channel]", "fp8_gemm[block]", "fp8_gemm[channel]",
-             "fp8_gemm[prequantized]", "quantize_fp8"}
+             "fp8_gemm[prequantized]", "quantize_fp8", "rms_norm_fp8", "silu_mul", "attention_decode_fp8",
+             "quantize_act_fp8"}
 
 
 # ------------------------------------------------------------------------------- real-shape meta launches
@@ -253,6 +268,7 @@ FP8_CASES = {"fused_moe[fp8_block]", "fused_moe[fp8_channel]", "fp8_gemm[block]"
 # groups 8 / 4, I 1024, rotary 64. Called with meta tensors the wrappers run every check and config choice
 # and record their launches without allocating, so `aot.aot_compile` sees exactly the real signatures.
 H, HQ, HKV, D, E, TOP_K, INTER, ROT = 4096, 32, 4, 128, 256, 8, 1024, 64
+DENSE_INTER = 9216  # intermediate_size of the dense first layer
 
 
 def _meta(*shape, dtype=torch.bfloat16):
@@ -320,6 +336,36 @@ def real_shape_call(case: str, m: int) -> None:
         x = _meta(m, H, dtype=f8) if variant == "prequantized" else _meta(m, H)
         xs = _meta(m, H // 128, dtype=f32) if variant == "prequantized" else None
         fp8_gemm(x, _meta(5120, H, dtype=f8), scale, x_scale=xs)
+    elif op == "route_gemm":  # router weight bf16 as loaded; the shared expert joins as one more slot
+        from angelcli.ops.router_gemm import route_gemm
+
+        route_gemm(_meta(m, H), _meta(E, H), _meta(E, dtype=f32), TOP_K, 8, 4, 2.5, 1)
+    elif op == "rms_norm_fp8":
+        from angelcli.ops.rmsnorm import rms_norm_fp8
+
+        rms_norm_fp8(_meta(m, H), _meta(H), 1e-6, residual=_meta(m, H))
+        rms_norm_fp8(_meta(m, H), _meta(H), 1e-6)
+    elif op == "silu_mul":  # the dense first layer's MLP (I 9216) and a shared-expert-sized one
+        from angelcli.ops.activation import silu_mul
+
+        silu_mul(_meta(m, 2 * DENSE_INTER), quant=True)
+        silu_mul(_meta(m, 2 * INTER), quant=False)
+    elif op == "qk_norm_rope_cache":
+        from angelcli.ops.rope import qk_norm_rope_cache
+
+        qk_norm_rope_cache(_meta(m, (HQ + 2 * HKV) * D), _meta(m, dtype=torch.int64), _meta(D), _meta(D),
+                           _meta(131072, ROT), HQ, HKV, 1e-6, _meta(8192, 16, HKV, D), _meta(8192, 16, HKV, D),
+                           _meta(m, dtype=torch.int64))
+    elif op == "attention_decode_fp8":
+        from angelcli.ops.decode_attention import attention_decode_fp8
+
+        attention_decode_fp8(_meta(m, HQ, D), _meta(8192, 16, HKV, D), _meta(8192, 16, HKV, D),
+                             _meta(m, 8192, dtype=i32), _meta(m, dtype=i32))
+    elif op == "quantize_act_fp8":
+        from angelcli.ops.fp8 import quantize_act_fp8
+
+        quantize_act_fp8(_meta(m, H))
+        quantize_act_fp8(_meta(m, DENSE_INTER))
     else:
         raise KeyError(case)
 

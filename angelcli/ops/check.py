@@ -138,8 +138,10 @@ def check_case(name: str, run: Callable[[str], tuple[float, float]], gpu: bool) 
     return row
 
 
-def _config_rows(gpu: bool, interpret: bool = True, device: str | None = None) -> list[dict]:
-    """One row per distinct (op, quant, config) among the shipped files (only `device`'s files if given)."""
+def _config_rows(gpu: bool, interpret: bool = True, device: str | None = None,
+                 sink: Callable[[dict], None] | None = None) -> list[dict]:
+    """One row per distinct (op, quant, config) among the shipped files (only `device`'s files if given);
+    sink(row) as each row is done."""
     distinct: dict[tuple, dict] = {}
     for fname, table in shipped_configs():
         fields = parse_config_name(fname)
@@ -175,6 +177,8 @@ def _config_rows(gpu: bool, interpret: bool = True, device: str | None = None) -
             _measure(small, row, "cuda", "gpu_max_err")
         row["ok"] = not row["failures"]
         rows.append(row)
+        if sink:
+            sink(row)
     return rows
 
 
@@ -209,8 +213,11 @@ def _meta_launch(op: str, quant: str, cfg: dict, fields: dict, m: int) -> None:
 
 
 def check_kernels(configs: bool = True, gpu: bool | None = None, only: list[str] | None = None,
-                  progress: Callable[[str], None] | None = None) -> dict:
-    """Run every check; returns {"ok", "gpu", "seconds", "kernels": [row, ...]} (rows described above)."""
+                  progress: Callable[[str], None] | None = None,
+                  on_rows: Callable[[dict], None] | None = None) -> dict:
+    """Run every check; returns {"ok", "gpu", "seconds", "kernels": [row, ...]} (rows described above).
+    on_rows(report so far, "partial": True) after each row (op and config rows alike): a caller under a
+    time limit (scripts/device_check.sh) keeps what finished."""
     import triton
 
     from angelcli.ops.aot import interpret_env_conflict
@@ -221,18 +228,40 @@ def check_kernels(configs: bool = True, gpu: bool | None = None, only: list[str]
     gpu = torch.cuda.is_available() if gpu is None else gpu
     start = time.monotonic()
     rows = []
+
+    def report() -> dict:
+        return {"ok": all(r["ok"] for r in rows), "gpu": torch.cuda.get_device_name() if gpu else None,
+                "triton": triton.__version__, "seconds": round(time.monotonic() - start, 1), "kernels": rows}
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        if on_rows:
+            on_rows(dict(report(), partial=True))
+
     for name, run in cases.CHECK_CASES.items():
         if only and not any(name.startswith(o) for o in only):
             continue
         if progress:
             progress(name)
-        rows.append(check_case(name, run, gpu))
+        add(check_case(name, run, gpu))
     if configs and not only:
         if progress:
             progress("shipped configs")
-        rows.extend(_config_rows(gpu))
-    return {"ok": all(r["ok"] for r in rows), "gpu": torch.cuda.get_device_name() if gpu else None,
-            "triton": triton.__version__, "seconds": round(time.monotonic() - start, 1), "kernels": rows}
+        _config_rows(gpu, sink=add)
+    return report()
+
+
+def save_report(path: str, report: dict) -> None:
+    """Write the report as JSON to path via a temp name and a rename (a reader never sees half a file)."""
+    import json
+    import os
+    import tempfile
+
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".kernels-check.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    os.replace(tmp, path)
 
 
 def format_report(report: dict) -> list[str]:

@@ -20,9 +20,9 @@ import triton
 import triton.language as tl
 
 from angelcli.ops._runtime import cdiv, check_tensor, launch, next_pow2
-from angelcli.ops.router import _route_rows, check_route_args
+from angelcli.ops.router import ROUTE_TILE, _route_rows, check_route_args
 
-ROUTE_SUB = 16  # tokens routed at a time by the last program (the [16, groups, experts/group] tile of router.py)
+ROUTE_SUB = 16  # token-block size at decode (tl.dot needs 16 rows)
 _tickets: dict[str, torch.Tensor] = {}
 
 
@@ -40,6 +40,7 @@ def _route_gemm_kernel(
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, G_P2: tl.constexpr,
     S_P2: tl.constexpr, K_P2: tl.constexpr, TOP_K: tl.constexpr, TOPK_GROUP: tl.constexpr,
     GROUPED: tl.constexpr, HAS_BIAS: tl.constexpr, N_SHARED: tl.constexpr, NS_P2: tl.constexpr,
+    ROUTE_T: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     pid_e = tl.program_id(1)
@@ -61,10 +62,10 @@ def _route_gemm_kernel(
     ticket = tl.atomic_add(ticket_ptr + pid_t, 1, sem="acq_rel")
     if ticket == tl.num_programs(1) - 1:
         tl.store(ticket_ptr + pid_t, 0)
-        for sub in tl.static_range(BLOCK_T // 16):
-            rows = pid_t.to(tl.int64) * BLOCK_T + sub * 16 + tl.arange(0, 16)
+        for sub in tl.static_range(BLOCK_T // ROUTE_T):  # ROUTE_T rows at a time: router.py's register budget
+            rows = pid_t.to(tl.int64) * BLOCK_T + sub * ROUTE_T + tl.arange(0, ROUTE_T)
             _route_rows(logits_ptr, bias_ptr, weights_ptr, ids_ptr, rows, num_tokens, n_group,
-                        experts_per_group, stride_lt, stride_wt, stride_it, routed_scaling_factor, 16, G_P2,
+                        experts_per_group, stride_lt, stride_wt, stride_it, routed_scaling_factor, ROUTE_T, G_P2,
                         S_P2, K_P2, TOP_K, TOPK_GROUP, GROUPED, HAS_BIAS, True, N_SHARED, NS_P2, num_experts)
 
 
@@ -113,6 +114,7 @@ def route_gemm(x: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor 
            constexprs=dict(BLOCK_T=block_t, BLOCK_E=block_e, BLOCK_K=128 if t <= ROUTE_SUB else 32,
                            G_P2=next_pow2(n_group), S_P2=next_pow2(per), K_P2=next_pow2(top_k), TOP_K=top_k,
                            TOPK_GROUP=topk_group, GROUPED=grouped, HAS_BIAS=expert_bias is not None,
-                           N_SHARED=n_shared, NS_P2=next_pow2(max(n_shared, 1))),
+                           N_SHARED=n_shared, NS_P2=next_pow2(max(n_shared, 1)),
+                           ROUTE_T=max(1, min(16, ROUTE_TILE // (next_pow2(n_group) * next_pow2(per))))),
            num_warps=4, num_stages=2)
     return weights, ids, logits
