@@ -177,7 +177,10 @@ def quantize_act(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     g = cdiv(k, GROUP)
     xf = F.pad(x.float(), (0, g * GROUP - k)).view(m, g, GROUP)
-    scale = xf.abs().amax(dim=-1).clamp(min=SCALE_EPS) / FP8_MAX  # [M, G]
+    amax = xf.abs().amax(dim=-1).clamp(min=SCALE_EPS)
+    # A tensor divisor: on CUDA torch multiplies by the reciprocal of a Python-float divisor (not correctly
+    # rounded), which would put this twin one ulp off the kernels' IEEE division (ops/reference.py).
+    scale = amax / torch.full_like(amax, FP8_MAX)  # [M, G]
     xq = (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
     return xq.view(m, g * GROUP)[:, :k], scale
 

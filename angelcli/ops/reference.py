@@ -36,7 +36,11 @@ def quantize_fp8(x: torch.Tensor, group_size: int = FP8_GROUP) -> tuple[torch.Te
     m, k = x.shape
     g = _cdiv(k, group_size)
     xf = F.pad(x.float(), (0, g * group_size - k)).view(m, g, group_size)
-    scale = xf.abs().amax(dim=-1).clamp(min=SCALE_EPS) / FP8_MAX  # [M, G]
+    # Divide by a tensor, not a Python float: on CUDA torch turns division by a CPU scalar into a multiply by
+    # its reciprocal, which is not correctly rounded (seen on the H200: 55 of 330 scales one ulp off, hence
+    # FP8 codes one step off), while the kernels and the CPU twin divide with IEEE rounding.
+    amax = xf.abs().amax(dim=-1).clamp(min=SCALE_EPS)
+    scale = amax / torch.full_like(amax, FP8_MAX)  # [M, G]
     xq = (xf / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return xq.view(m, g * group_size)[:, :k].contiguous(), scale
 
