@@ -39,6 +39,10 @@ def save():
         json.dump(R, f, indent=1, default=str)
 def fail(where):
     R["errors"].append(f"{where}: " + traceback.format_exc()[-2500:]); save(); print(R["errors"][-1], flush=True)
+def n_graphs(e):
+    """Captured CUDA graphs of an engine's runner (engine/graphs.py: one per padded batch size and mode)."""
+    g = getattr(e.net, "graphs", None)
+    return len(g.graphs) if g is not None else 0
 def sync():
     if DEV == "cuda":
         torch.cuda.synchronize()
@@ -97,7 +101,7 @@ PEAK = GPU["bandwidth_gbs"] * 1e9 if GPU else float("nan")
 def run(eng, B, ctx, tokens, label):
     g = torch.Generator().manual_seed(B * 100003 + ctx)
     prompts = [torch.randint(0, cfg.vocab_size, (ctx,), generator=g).tolist() for _ in range(B)]
-    graphs0 = len(getattr(eng.net, "_graphs", {}))
+    graphs0 = n_graphs(eng)
     t0 = time.perf_counter(); stamps = []
     for i, _st in eng.generate_batch(prompts, SamplingParams(max_new_tokens=tokens)):
         if i == 0:
@@ -111,7 +115,7 @@ def run(eng, B, ctx, tokens, label):
                bench_style_decode_tok_s=round(B * len(steps) / (stamps[-1] - stamps[0]), 1) if steps else None,
                tok_s_from_median_step=round(B / med, 1) if steps else None, bytes_per_step=nbytes,
                ideal_step_ms=round(nbytes / PEAK * 1e3, 4), roofline_fraction_median=round(nbytes / med / PEAK, 4),
-               graphs_before=graphs0, graphs_after=len(getattr(eng.net, "_graphs", {})))
+               graphs_before=graphs0, graphs_after=n_graphs(eng))
     R.setdefault("runs", []).append(row); save(); print(json.dumps(row), flush=True)
 
 t = time.time()
@@ -157,7 +161,7 @@ try:
         got = decode_logits(eng, prompts, toks)
         res[f"B={B}"] = dict(max_abs_diff=[float((x - y).abs().max()) for x, y in zip(got, ref_out)],
                              argmax_equal=[bool(torch.equal(x.argmax(-1), y.argmax(-1))) for x, y in zip(got, ref_out)],
-                             logit_scale=float(ref_out[-1].abs().max()), graphs=len(getattr(eng.net, "_graphs", {})))
+                             logit_scale=float(ref_out[-1].abs().max()), graphs=n_graphs(eng))
     R["graph_vs_eager"] = res; save(); print("graph_vs_eager", json.dumps(res), flush=True)
 except Exception:
     fail("graph_vs_eager")
@@ -245,7 +249,7 @@ if DEV == "cuda":
     # ---- 4. GPU time of graph replays alone, and of the lm_head GEMV ------------------------------------
     try:
         rep = {}
-        for key, (graph, _bufs) in list(eng.net._graphs.items()):
+        for key, (graph, _bufs) in list(eng.net.graphs.graphs.items()):
             graph.replay(); sync()
             s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             s.record()
