@@ -134,6 +134,9 @@ def test_local_checkpoint_kinds_and_draft(tmp_path):
 
 
 def test_refusals(tmp_path, monkeypatch):
+    # a draft given as a path that does not exist is an error, not a hub id with its slashes stripped
+    with pytest.raises(UsageError, match="not found"):
+        build(opts("antangelmed-fp8", engine="vllm", gpus=2, gpu_mem=96, draft_path=str(tmp_path / "nodraft")))
     with pytest.raises(UsageError, match="num_attention_heads"):
         build(opts("antangelmed-fp8", gpus=4, gpu_mem=96, tp=3))
     ckpt = _ckpt(tmp_path, "b", quant_method="fp8", fmt="e4m3", activation_scheme="dynamic",

@@ -164,6 +164,8 @@ def _draft_path(spec: str) -> Path | str:
     try:
         return resolve_draft_dir(spec)
     except UsageError:
+        if spec.startswith(("/", "./", "../", "~")):  # a path, not a hub id: it must exist here
+            raise
         repo = resolve_repo_id(spec)
         if repo is None:
             raise
