@@ -13,9 +13,9 @@ semantics need (angel-tiny: 294 ops per decode step against the upstream layout'
   * attention reads the cached K/V without repeat_interleave copies: float32 uses PyTorch's fused SDPA with
     GQA; other dtypes keep the eager formulation (scores rounded to the activation dtype, fp32 softmax) with
     the query heads grouped per KV head, which is the same arithmetic as upstream's repeat_kv + matmul;
-  * routed experts run only for the (token, slot) pairs that need them: one token in float32 gathers its K
-    experts and the shared expert from stacked copies and runs them as two batched products
-    (one_token_experts); otherwise a short loop over the chosen experts when a step routes few tokens, one
+  * routed experts run only for the (token, slot) pairs that need them: up to GATHER_MAX_TOKENS tokens in
+    float32 gather their K experts and the shared expert from stacked copies and run them as two batched
+    products (gathered_experts); otherwise a short loop over the chosen experts when a step routes few tokens, one
     sorted pass beyond; the slot outputs are weighted and summed in fp32 as upstream does;
   * the causal mask and the cache's ragged bookkeeping are built once per forward, not once per layer;
   * on CPU, small projection weights are read from input-major copies (input_major_copy).
@@ -151,19 +151,26 @@ def mlp_plan(m, x: torch.Tensor) -> torch.Tensor:
     return apply(m.down, F.silu(apply(m.gate, x)) * apply(m.up, x))
 
 
+# Decode steps of up to this many tokens (a served batch of rows) take the gathered-experts path: every row
+# then runs the same arithmetic alone or batched (a served request's greedy tokens do not depend on its
+# neighbours) and a batch costs a few batched products instead of a Python loop over its (token, slot) pairs.
+GATHER_MAX_TOKENS = 16
+
+
 def moe_plan(mp, x: torch.Tensor, router: list | None) -> torch.Tensor:
-    """moe() from a MoePlan: one token in float32 with stacked experts takes the batched path, the rest moe()."""
-    if mp.stacked is None or x.dtype != torch.float32 or x.shape[0] * x.shape[1] != 1 or \
+    """moe() from a MoePlan: a few tokens in float32 with stacked experts take the gathered path, the rest moe()."""
+    n = x.shape[0] * x.shape[1]
+    if mp.stacked is None or x.dtype != torch.float32 or n > GATHER_MAX_TOKENS or \
             mp.gate_w.dtype != torch.float32:
         return moe(mp.block, x, router)
     cfg = mp.block.cfg
-    flat = x.view(1, x.shape[-1])
+    flat = x.view(n, x.shape[-1])
     logits = F.linear(flat, mp.gate_w)
     ids, weights = route(logits, mp.bias, cfg.num_experts_per_tok, cfg.n_group, cfg.topk_group,
                          cfg.routed_scaling_factor)
     if router is not None:
         router.append(RouterOutput(mp.layer_idx, logits, ids, weights))
-    return one_token_experts(mp.stacked, flat, ids, weights).view(x.shape)
+    return gathered_experts(mp.stacked, flat, ids, weights).view(x.shape)
 
 
 def expert(experts, e: int, x: torch.Tensor) -> torch.Tensor:
@@ -234,18 +241,20 @@ def stacked_experts(block):
     return _derived(block, "_stacked_experts", (ex.w13, ex.w2, g, u, d), build)
 
 
-def one_token_experts(stacked, flat, ids, weights) -> torch.Tensor:
-    """fp32 MoE output for one token: flat [1, H], ids / weights [1, K] -> routed + shared [1, H].
+def gathered_experts(stacked, flat, ids, weights) -> torch.Tensor:
+    """fp32 MoE output for a few tokens: flat [N, H], ids / weights [N, K] -> routed + shared [N, H].
 
-    The K chosen experts and the shared expert (row E) are gathered with one index and run as two batched
-    products ([K+1, 1, H] x [K+1, H, 2I], then x [K+1, I, H]); the weighted slot sum and the shared add are
-    one [1, K+1] x [K+1, H] product with the shared expert's weight 1 (fp32 throughout, as upstream)."""
+    Each token's K chosen experts and the shared expert (row E) are gathered with one index and run as two
+    batched products ([N(K+1), 1, H] x [N(K+1), H, 2I], then x [N(K+1), I, H]); each token's weighted slot sum
+    and shared add are one [1, K+1] x [K+1, H] product with the shared expert's weight 1 (fp32 throughout, as
+    upstream). Every product is per token, so a row's result does not depend on the other rows."""
     w13t, w2t, shared = stacked
-    K, H = ids.shape[1], flat.shape[-1]
-    sel = F.pad(ids[0], (0, 1), value=shared)  # [K+1]: the chosen experts, then the shared expert
-    gate, up = torch.bmm(flat.expand(K + 1, 1, H), w13t.index_select(0, sel)).chunk(2, dim=-1)
-    outs = torch.bmm(F.silu(gate) * up, w2t.index_select(0, sel))  # [K+1, 1, H]
-    return torch.mm(F.pad(weights, (0, 1), value=1.0), outs.view(K + 1, H))
+    (N, K), H = ids.shape, flat.shape[-1]
+    sel = F.pad(ids, (0, 1), value=shared).view(-1)  # [N(K+1)]: each token's experts, then the shared one
+    xs = flat[:, None, None, :].expand(N, K + 1, 1, H).reshape(N * (K + 1), 1, H)
+    gate, up = torch.bmm(xs, w13t.index_select(0, sel)).chunk(2, dim=-1)
+    outs = torch.bmm(F.silu(gate) * up, w2t.index_select(0, sel))  # [N(K+1), 1, H]
+    return torch.bmm(F.pad(weights, (0, 1), value=1.0).view(N, 1, K + 1), outs.view(N, K + 1, H)).view(N, H)
 
 
 def sorted_dispatch(experts, flat, ids, weights, E: int) -> torch.Tensor:
