@@ -50,27 +50,26 @@ class Mismatch:
     problem: str  # one line: "missing", "size 12 bytes, expected 14", "sha256 mismatch (...)"
 
 
-def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
-    h = hashlib.sha256()
+def _stream_into(h, path: Path, on_bytes: Callable[[int], None] | None) -> str:
+    """Feed the file to hash object `h` block by block (reporting progress) -> its hex digest."""
     with open(path, "rb") as fh:
         while block := fh.read(_BLOCK):
             h.update(block)
             if on_bytes:
                 on_bytes(len(block))
     return h.hexdigest()
+
+
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    return _stream_into(hashlib.sha256(), path, on_bytes)
 
 
 def _digest(path: Path, exp: Expected, on_bytes) -> str:
     if exp.sha256:
         return sha256_file(path, on_bytes)
-    h = hashlib.sha1()
+    h = hashlib.sha1()  # git's blob id: what the hub lists for files that are not LFS
     h.update(f"blob {path.stat().st_size}\0".encode())
-    with open(path, "rb") as fh:
-        while block := fh.read(_BLOCK):
-            h.update(block)
-            if on_bytes:
-                on_bytes(len(block))
-    return h.hexdigest()
+    return _stream_into(h, path, on_bytes)
 
 
 def check_one(root: Path, exp: Expected, on_bytes=None) -> Mismatch | None:

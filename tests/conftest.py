@@ -2,6 +2,8 @@ import os
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,3 +26,17 @@ def tiny_ckpt(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ANGEL_HOME", str(tmp_path / "angel-home"))
+
+
+@pytest.fixture
+def run(capsys):
+    """Run `angel ARGS` in this process (fast: torch is imported once) -> result with returncode/stdout/stderr."""
+    from angelcli.cli import main
+
+    def _run(*args):
+        with pytest.raises(SystemExit) as exit_info:
+            main([str(a) for a in args])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=exit_info.value.code, stdout=out.out, stderr=out.err)
+
+    return _run

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,18 +17,6 @@ def run_subprocess(*args):
                           timeout=300)
 
 
-@pytest.fixture
-def run(capsys):
-    """Run `angel ARGS` in this process (fast: torch is imported once) -> result with returncode/stdout/stderr."""
-    from angelcli.cli import main
-
-    def _run(*args):
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=exit_info.value.code, stdout=out.out, stderr=out.err)
-
-    return _run
 
 
 def test_help_does_not_import_torch():

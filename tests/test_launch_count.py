@@ -2,22 +2,10 @@
 device (no weights, no GPU), through the triton backend's own code path."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
 
 
-@pytest.fixture
-def run(capsys):
-    from angelcli.cli import main
-
-    def _run(*args):
-        with pytest.raises(SystemExit) as exit_info:
-            main([str(a) for a in args])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=exit_info.value.code, stdout=out.out, stderr=out.err)
-
-    return _run
 
 
 @pytest.mark.parametrize("tp", [1, 2])
