@@ -21,7 +21,8 @@ from pathlib import Path
 TARGET = "lm_eval.models"
 ADAPTER = "angelcli.eval.lm_eval_adapter:AngelLM"
 PTH_NAME = "angelcli-lm-eval.pth"
-PTH_LINE = "import angelcli.eval.lm_eval_hook as _h; _h.install()\n"
+# One line, executed by site.py at start-up; it must never break an interpreter (angel uninstalled, say).
+PTH_LINE = 'import sys; exec("try:\\n import angelcli.eval.lm_eval_hook as _h; _h.install()\\nexcept Exception:\\n pass")\n'
 
 
 def register(models_module) -> None:
