@@ -157,8 +157,12 @@ def test_refusals(tmp_path, monkeypatch):
     assert build(opts("antangelmed-fp8", "vllm", gpus=2, gpu_mem=96)).commands
     last = _ckpt(tmp_path, "last")
     _attach_draft(last, layers=(1, 2, 4))  # 4 = the last layer's output: SGLang cannot capture it
-    with pytest.raises(UsageError, match="start of layer"):
-        build(opts(str(last), gpus=1))
+    with pytest.raises(UsageError, match="start of layer"):  # asked for: refused
+        build(opts(str(last), gpus=1, draft=True))
+    h = build(opts(str(last), gpus=1))  # merely attached: served without it, and said so
+    assert "--speculative-algorithm" not in " ".join(h.commands[0]) and any("start of layer" in n for n in h.notes)
+    with pytest.raises(UsageError, match="--gpus must be >= 1"):
+        build(opts("antangelmed-fp8", gpus=0))
     from angelcli.quant.schemes import compressed_tensors_config
 
     ct = compressed_tensors_config("dynamic", ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "lm_head"])

@@ -255,6 +255,8 @@ def _launcher(engine: str) -> list[str]:
 def build(o: HandoffOptions) -> Handoff:
     if o.engine not in ("sglang", "vllm"):
         raise UsageError(f"--engine must be sglang or vllm for a hand-off, not {o.engine!r}")
+    if o.gpus is not None and o.gpus < 1:
+        raise UsageError(f"--gpus must be >= 1, not {o.gpus}")
     t = inspect_target(o.model)
     notes: list[str] = []
     if t.local_dir is None:
@@ -277,8 +279,15 @@ def build(o: HandoffOptions) -> Handoff:
         if t.kind == "compressed-tensors":
             _check_ct_for_sglang(t)
         if draft is not None:
-            _check_draft_for_sglang(t, draft)
-            if not isinstance(draft, Path):
+            try:
+                _check_draft_for_sglang(t, draft)
+            except UsageError as err:
+                if o.draft or o.draft_path:  # asked for: refuse
+                    raise
+                # merely attached (the default): serve without speculation rather than refuse the hand-off
+                notes.append(f"{err} -- serving without speculative decoding")
+                draft = None
+            if draft is not None and not isinstance(draft, Path):
                 notes.append(f"draft {draft} is not downloaded here: SGLang fetches it; angel did not check it")
     tp, tp_node = _plan_tp(t, o, notes)
     context = o.context or t.cfg.max_position_embeddings
