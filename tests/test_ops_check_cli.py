@@ -26,6 +26,11 @@ def test_kernels_lists_ops(capsys):
     assert code == 0 and {o["op"] for o in report["ops"]} >= {"fused_moe", "attention_decode", "fp8_gemm"}
 
 
+def test_check_only_names_an_unknown_kernel(capsys):
+    code, _, err = run(["kernels", "--check", "--only", "nosuch"], capsys)
+    assert code == 2 and "--only nosuch" in err and "moe_align" in err
+
+
 def test_check_json_report(capsys):
     code, out, err = run(["kernels", "--check", "--json", "--only", "moe_align", "--only", "rms_norm"], capsys)
     assert code == 0, err

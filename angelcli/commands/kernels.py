@@ -49,6 +49,14 @@ def kernels(
         return
     from angelcli.ops.check import check_kernels, format_report, save_report
 
+    if only:
+        from angelcli.errors import UsageError
+        from angelcli.ops import cases
+
+        names = list(cases.CHECK_CASES)
+        for o in only:
+            if not any(n.startswith(o) for n in names):
+                raise UsageError(f"--only {o}: no kernel check starts with it (known: {', '.join(names)})")
     on_rows = (lambda rep: save_report(save, rep)) if save else None
     report = check_kernels(configs=configs, only=only or None, progress=lambda name: log(f"checking {name}"),
                            on_rows=on_rows)
