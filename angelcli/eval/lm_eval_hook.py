@@ -13,10 +13,7 @@ the adapter (and torch) load only if a run actually asks for `--model angel`.
 
 from __future__ import annotations
 
-import importlib.abc
 import sys
-import sysconfig
-from pathlib import Path
 
 TARGET = "lm_eval.models"
 ADAPTER = "angelcli.eval.lm_eval_adapter:AngelLM"
@@ -36,7 +33,7 @@ def register(models_module) -> None:
         pass
 
 
-class _Loader(importlib.abc.Loader):
+class _Loader:  # duck-typed loader/finder: importlib.abc would cost every interpreter start-up an import
     def __init__(self, inner):
         self.inner = inner
 
@@ -48,7 +45,7 @@ class _Loader(importlib.abc.Loader):
         register(module)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
+class _Finder:
     """Wraps the loader of `lm_eval.models` so that registration follows its execution."""
 
     def find_spec(self, fullname, path, target=None):
@@ -73,8 +70,11 @@ def install() -> None:
         sys.meta_path.insert(0, _Finder())
 
 
-def install_pth(python_purelib: str | None = None) -> Path:
-    """Write the start-up line into site-packages (the bootstrap calls this with the venv's purelib)."""
+def install_pth(python_purelib: str | None = None):
+    """Write the start-up line into site-packages (the bootstrap runs this with the venv's python) -> its Path."""
+    import sysconfig
+    from pathlib import Path
+
     site = Path(python_purelib or sysconfig.get_paths()["purelib"])
     path = site / PTH_NAME
     tmp = path.with_suffix(".tmp")
