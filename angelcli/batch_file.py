@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from angelcli.errors import UsageError
+from angelcli.fsutil import json_object_line
 from angelcli.generate import _SAMPLING_KEYS, GenRequest
 
 _REQUEST_KEYS = {"prompt", "messages", "input_ids", "system", "raw", "id"}
@@ -61,12 +62,7 @@ def check_overrides(obj: dict, where: str) -> dict:
 
 
 def _parse_line(text: str, where: str, default_system: str | None) -> tuple[GenRequest, dict]:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-    if not isinstance(obj, dict):
-        raise UsageError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
+    obj = json_object_line(text, where)
     unknown = set(obj) - _REQUEST_KEYS - _SAMPLING_KEYS
     if unknown:
         raise UsageError(f"{where}: unknown field '{sorted(unknown)[0]}'")

@@ -45,3 +45,16 @@ def atomic_write_text(dest: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(dest: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(dest, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def json_object_line(text: str, where: str) -> dict:
+    """One JSON-lines record -> dict; UsageError (exit 2) naming `where` (e.g. "FILE:3") when it is not one."""
+    from angelcli.errors import UsageError
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where}: each line must be a JSON object, got {type(obj).__name__}")
+    return obj

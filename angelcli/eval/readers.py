@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from angelcli.errors import UsageError
+from angelcli.fsutil import json_object_line
 
 
 def find_file(root: Path, names: list[str], what: str, task: str) -> Path:
@@ -53,13 +54,7 @@ def read_jsonl(path: Path) -> list[tuple[str, dict]]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{path}:{n}: not valid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise UsageError(f"{path}:{n}: each line must be a JSON object")
-        out.append((f"{path}:{n}", obj))
+        out.append((f"{path}:{n}", json_object_line(line, f"{path}:{n}")))
     return out
 
 
