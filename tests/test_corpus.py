@@ -136,7 +136,7 @@ def test_full_rebuild_reproduces_the_shipped_corpus(tmp_path):
     manifest = json.loads((MEDICAL_DIR / "manifest.json").read_text(encoding="utf-8"))
     if source_versions() != manifest["sources"]:
         pytest.skip(f"installed corpus sources {source_versions()} differ from the build's {manifest['sources']}")
-    rebuilt = build_corpus(tmp_path, seed=manifest["seed"], scale=manifest["scale"])
+    rebuilt = build_corpus(tmp_path, seed=manifest["seed"], scale=manifest["scale"], version=manifest["builder_version"])
     assert rebuilt == manifest
 
 
@@ -249,3 +249,69 @@ def test_v3_corpus_adds_remedies_and_lay_wordings_deterministically():
     assert causes  # symptom causes answers now also say what to do
     v2 = generate(seed=0, scale=0.2, version=2)
     assert sum(len(x) for x in a.values()) > sum(len(x) for x in v2.values())
+
+
+def test_v4_anchor_names_the_subject_first():
+    from angelcli.tiny.corpus_v4 import anchor
+
+    assert anchor("It is diagnosed with blood tests.", "statins", "en") == "Statins: it is diagnosed with blood tests."
+    assert anchor("HbA1c is measured.", "type 2 diabetes", "en") == "Type 2 diabetes: HbA1c is measured."  # acronym kept
+    kept = "Common symptoms of type 2 diabetes include:\n- Thirst"
+    assert anchor(kept, "Type 2 diabetes", "en") == kept  # already named on the first line
+    assert anchor("治疗从饮食开始。", "糖尿病", "zh") == "糖尿病：治疗从饮食开始。"
+
+
+def test_v4_find_name_prefers_the_longest_whole_word_name():
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.corpus_v4 import find_name, record_names
+
+    kb = kb_for(4)
+    en, zh = record_names(kb, "en"), record_names(kb, "zh")
+    assert find_name("What causes Type 2 Diabetes?", en, "en") == "Type 2 Diabetes"
+    assert find_name("Are statins safe?", en, "en") == "statins"
+    assert find_name("Is coughing bad?", en, "en") == "coughing"  # whole words: not "cough" inside it
+    assert find_name("What is the capital of France?", en, "en") is None
+    assert find_name("二型糖尿病有哪些常见症状？", zh, "zh") == "二型糖尿病"
+    assert "statins" not in record_names(kb_for(3), "en")  # the lay names are v4's only
+
+
+def test_v4_corpus_anchors_frames_and_stays_deterministic():
+    from angelcli.tiny.corpus import generate
+    from angelcli.tiny.corpus_v4 import PREFIX
+
+    a, b = generate(seed=0, scale=0.2, version=4), generate(seed=0, scale=0.2, version=4)
+    assert a == b
+    samples = [s for split in a.values() for s in split]
+    singles = [(s["kind"], s["messages"][-2]["content"], s["messages"][-1]["content"]) for s in samples
+               if sum(m["role"] == "user" for m in s["messages"]) == 1]
+    framed = [q for k, q, _ in singles if k == "medication" and q.startswith(tuple(PREFIX["en"] + PREFIX["zh"]))]
+    assert framed  # lay frames around record questions
+    assert any(r.startswith("Statins: ") or r.startswith("Atorvastatin") for k, q, r in singles if "statin" in q.lower())
+    # every English record answer names its subject on its first line
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.corpus_v4 import find_name, record_names
+
+    names = record_names(kb_for(4), "en")
+    en = [(q, r) for k, q, r in singles if k in ("condition", "symptom", "medication") and q.isascii()]
+    for q, r in en:
+        n = find_name(q, names, "en")
+        if n is not None:
+            assert n.casefold() in r.split("\n", 1)[0][:80 + len(n) + 2].casefold(), (q, r[:100])
+
+
+def test_draft_data_adds_unseen_questions_only(splits):
+    """Draft-training data: the train split first, then fresh questions none of the shipped splits ask."""
+    from angelcli.tiny.draft_data import draft_conversations
+
+    rows = draft_conversations(extra=60, seeds=(1,))
+    n = len(splits["train"])
+    assert rows[:n] == splits["train"]
+    extra = rows[n:]
+    assert len(extra) == 60
+    asked = set(_users([s for v in splits.values() for s in v]))
+    questions = [q for s in extra for q in _users([s])]
+    assert len(questions) == 60 and len(set(questions)) == 60  # one question each, no repeats
+    assert not asked & set(questions)
+    assert {s["kind"] for s in extra} <= {"condition", "symptom", "medication", "case", "triage"}
+    assert all(s["messages"][-1]["role"] == "assistant" for s in extra)
+    assert draft_conversations(extra=60, seeds=(1,))[n:] == extra  # deterministic

@@ -18,7 +18,8 @@ def tiny_train(
                                                        "and template tokens (shipped model: 0.1; 0 = answers only)."),
     corpus_version: int = typer.Option(2, "--corpus-version", help="Corpus builder version: 2 = the shipped "
                                        "corpus files; 3 = built in memory with remedies, lay wordings and "
-                                       "de-duplicated lists (angelcli/tiny/corpus_v3.py)."),
+                                       "de-duplicated lists (angelcli/tiny/corpus_v3.py); 4 = v3 with name-anchored "
+                                       "answers, lay-framed questions and lay names (corpus_v4.py)."),
 ) -> None:
     """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; <= 15 min on 2 cores.
 
@@ -50,13 +51,13 @@ def tiny_train(
     settings = TrainSettings(threads=threads, seed=seed, **extra)
     if corpus_version == 2:
         train, held = load_split("train"), load_split("eval")
-    elif corpus_version == 3:
+    elif corpus_version in (3, 4):
         from angelcli.tiny.corpus import generate
 
-        splits = generate(seed=0, version=3)  # deterministic: the same samples for every run
+        splits = generate(seed=0, version=corpus_version)  # deterministic: the same samples for every run
         train, held = splits["train"], splits["eval"]
     else:
-        raise UsageError("--corpus-version must be 2 or 3")
+        raise UsageError("--corpus-version must be 2, 3 or 4")
     hist = train_tiny(dest, TINY_TOKENIZER_DIR, train, held, settings, log=log)
     probe = hist.get("topic_probe", {})
     summary = {"out": str(dest), "steps": settings.steps, "train_seconds": hist["train_seconds"],

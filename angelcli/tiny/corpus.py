@@ -69,6 +69,18 @@ VARIANTS = {
 # wordings per intent and de-duplicated list items. The shipped corpus files are still v2 (the shipped model
 # was trained on them); `angel tiny-train --corpus-version 3` builds v3 in memory and trains on it.
 VARIANTS[3] = VARIANTS[2]
+# Version 4 (angelcli/tiny/corpus_v4.py) is v3 with extra lay names per record, name-anchored answers and
+# lay-framed questions; the counts stay v2's.
+VARIANTS[4] = VARIANTS[2]
+
+
+def kb_for(version: int) -> dict:
+    """The knowledge base a builder version draws from (v4 adds lay names to the records' aka lists)."""
+    if version >= 4:
+        from angelcli.tiny.corpus_v4 import extend_aka
+
+        return extend_aka(_kb())
+    return _kb()
 
 
 def seed_samples(rng: random.Random, scale: float = 1.0, version: int = BUILDER_VERSION) -> list[tuple[str, str, list]]:
@@ -78,8 +90,9 @@ def seed_samples(rng: random.Random, scale: float = 1.0, version: int = BUILDER_
 
     out: list[tuple[str, str, list]] = []
     k_by_lang = VARIANTS[version]
+    kb_all = kb_for(version)
     for lang, T in (("en", en), ("zh", zh)):
-        kb, k = _kb()[lang], k_by_lang[lang]
+        kb, k = kb_all[lang], k_by_lang[lang]
         for c in kb["conditions"]:
             for intent in T.COND_Q:
                 for _ in range(_n(k["single"], scale)):
@@ -109,7 +122,7 @@ def seed_samples(rng: random.Random, scale: float = 1.0, version: int = BUILDER_
     if version >= 3:
         from angelcli.tiny.corpus_v3 import extra_samples
 
-        out += extra_samples(rng, _kb(), scale)
+        out += extra_samples(rng, kb_all, scale)
     return out
 
 
@@ -204,6 +217,10 @@ def generate(seed: int = 0, scale: float = 1.0, version: int = BUILDER_VERSION) 
         from angelcli.tiny.corpus_v3 import dedupe_reply
 
         raw = [(lang, kind, [(u, dedupe_reply(a)) for u, a in turns]) for lang, kind, turns in raw]
+    if version >= 4:
+        from angelcli.tiny.corpus_v4 import apply_v4
+
+        raw = apply_v4(random.Random(seed + 4), raw, kb_for(version))  # own stream: v3's draws stay as they were
     for lang, kind, turns in raw:
         s = to_sample(rng, lang, kind, turns)
         key = conversation_key(s)
