@@ -8,7 +8,8 @@ import torch
 from angelcli.resolve import TINY_DIR, resolve_model
 
 HELDOUT_BOUND = 1.2  # nats per answer token (the shipped model: about 0.76)
-PROBE_BOUND = 0.3  # share of demo questions answered on topic (the shipped model: 16 of 40, docs/angel-tiny.md)
+PROBE_BOUND = 0.35  # share of the 40 demo questions answered on topic (docs/angel-tiny.md has the shipped figure)
+HELDOUT_PROBE_BOUND = 0.35  # share of the 20 held-out phrasings answered on topic (ditto)
 
 
 @pytest.fixture(scope="module")
@@ -72,17 +73,22 @@ def test_every_expert_gets_tokens_and_load_is_balanced(tiny):
 
 
 def test_answers_the_question_asked(tiny):
-    """Greedy answers to the 40 demo questions (none of them in the corpus) stay on their topic and end their
-    turn; the two acceptance questions of the angel-tiny issue always do."""
+    """Greedy answers to the 40 demo questions and 20 held-out phrasings (none of them in the corpus) stay on
+    their topic and end their turn; the README demo's questions and the angel-tiny issue's two acceptance
+    questions always do."""
+    from angelcli.bootstrap import DEMO_QUESTIONS
     from angelcli.tiny.probe import topic_probe
 
     model, cfg, _, tok = tiny
     report = topic_probe(model, cfg, tok)
     by_prompt = {a["prompt"]: a for a in report["answers"]}
-    for q in ("What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"):
+    for q in {*DEMO_QUESTIONS, "What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"}:
         assert by_prompt[q]["on_topic"] and by_prompt[q]["closed"], by_prompt[q]
         assert len(by_prompt[q]["answer"]) >= 20  # a real answer, not an immediate stop
-    assert report["rate"] >= PROBE_BOUND, [(a["prompt"], a["answer"][:80]) for a in report["answers"] if not a["on_topic"]]
+    off = [(a["prompt"], a["answer"][:80]) for a in report["answers"] if not a["on_topic"]]
+    demo, heldout = report["sets"]["demo"], report["sets"]["heldout"]
+    assert demo["on_topic"] >= PROBE_BOUND * demo["total"], off
+    assert heldout["on_topic"] >= HELDOUT_PROBE_BOUND * heldout["total"], off
     assert sum(a["closed"] for a in report["answers"]) >= 0.8 * report["total"]
 
 

@@ -299,6 +299,34 @@ def test_v4_corpus_anchors_frames_and_stays_deterministic():
             assert n.casefold() in r.split("\n", 1)[0][:80 + len(n) + 2].casefold(), (q, r[:100])
 
 
+def test_v4_every_lay_name_leads_to_its_record():
+    """Name swaps: a lay name is asked about at least MIN_NAME_QUESTIONS times, its answers anchored with it and
+    drawn from its own record (the first v4 model, with lay names asked about 2-4 times, answered "晚上总是睡不着有什么
+    办法？" about a rash)."""
+    import random
+
+    from angelcli.tiny.corpus import generate, kb_for
+    from angelcli.tiny.corpus_v4 import CONTEXT_ZH, MIN_NAME_QUESTIONS, name_groups, swap_name
+
+    everything = [s for v in generate(seed=0, version=4).values() for s in v]
+    pairs = [(m["content"], n["content"]) for s in everything for m, n in zip(s["messages"], s["messages"][1:])
+             if m["role"] == "user" and n["role"] == "assistant"]
+    for name, lead, own in (("睡不着", "睡不着：", "睡"), ("sugar diabetes", "Sugar diabetes: ", "diabet"),
+                            ("statins", "Statins: ", "statin")):
+        anchored = [(q, a) for q, a in pairs if name in q.lower() and a.startswith(lead)]
+        assert len(anchored) >= MIN_NAME_QUESTIONS, (name, len(anchored))
+        assert all(own in a.lower() or own in q.lower() for q, a in anchored)
+    assert any(q.startswith(tuple(CONTEXT_ZH)) for q, _ in pairs)  # words before the name, as users write
+    demo = [json.loads(line)["prompt"] for f in ("prompts.jsonl", "probe_heldout.jsonl")
+            for line in (MEDICAL_DIR / f).read_text(encoding="utf-8").splitlines()]
+    assert not set(demo) & {q for q, _ in pairs}  # the probe stays unseen
+    groups = name_groups(kb_for(4), "en")
+    q, new = swap_name(random.Random(0), "Type 2 diabetes: what is it?", "Type 2 diabetes", groups)
+    assert new.casefold() in [n.casefold() for n in groups["type 2 diabetes"]] and new.casefold() != "type 2 diabetes"
+    assert q == new + ": what is it?" and new[:1].isupper()  # sentence start stays capitalised
+    assert swap_name(random.Random(0), "What is gibberish?", "gibberish", groups) == ("What is gibberish?", "gibberish")
+
+
 def test_draft_data_adds_unseen_questions_only(splits):
     """Draft-training data: the train split first, then fresh questions none of the shipped splits ask."""
     from angelcli.tiny.draft_data import draft_conversations

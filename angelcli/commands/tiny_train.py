@@ -16,12 +16,13 @@ def tiny_train(
     json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON."),
     prompt_loss_weight: Optional[float] = typer.Option(None, "--prompt-loss-weight", help="Loss weight of question "
                                                        "and template tokens (shipped model: 0.1; 0 = answers only)."),
-    corpus_version: int = typer.Option(2, "--corpus-version", help="Corpus builder version: 2 = the shipped "
-                                       "corpus files; 3 = built in memory with remedies, lay wordings and "
-                                       "de-duplicated lists (angelcli/tiny/corpus_v3.py); 4 = v3 with name-anchored "
-                                       "answers, lay-framed questions and lay names (corpus_v4.py)."),
+    corpus_version: Optional[int] = typer.Option(None, "--corpus-version", help="Corpus builder version (default: "
+                                                 "the shipped corpus files, version 2); 3 = built in memory with "
+                                                 "remedies, lay wordings and de-duplicated lists (corpus_v3.py); 4 = v3 "
+                                                 "with name-anchored answers, lay-framed questions, lay names and name "
+                                                 "swaps (corpus_v4.py)."),
 ) -> None:
-    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; <= 15 min on 2 cores.
+    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~13 min on 2 cores.
 
     Ends with the topic probe: the 40 built-in demo questions and 20 held-out phrasings answered greedily,
     counted on topic or not. A retrained model needs a retrained EAGLE3 draft (`just draft-tiny`): the draft
@@ -29,7 +30,7 @@ def tiny_train(
 
     Examples:
       angel tiny-train --out /tmp/angel-tiny
-      angel tiny-train --out /tmp/angel-tiny-v3 --corpus-version 3 --prompt-loss-weight 0   (the v3 recipe)
+      angel tiny-train --out /tmp/angel-tiny-v4 --corpus-version 4 --steps 1400   (~25 min; docs/angel-tiny.md)
     """
     from angelcli.console import emit_json, log
     from angelcli.data import load_split
@@ -49,9 +50,11 @@ def tiny_train(
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
     settings = TrainSettings(threads=threads, seed=seed, **extra)
-    if corpus_version == 2:
-        train, held = load_split("train"), load_split("eval")
-    elif corpus_version in (3, 4):
+    from angelcli.tiny.corpus import BUILDER_VERSION
+
+    if corpus_version is None or corpus_version == BUILDER_VERSION:
+        train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
+    elif corpus_version in (2, 3, 4):  # the versions generate() knows
         from angelcli.tiny.corpus import generate
 
         splits = generate(seed=0, version=corpus_version)  # deterministic: the same samples for every run

@@ -15,6 +15,12 @@ Version 4 changes three things, all seeded and all after the v3 samples are draw
     predicting the answer and the name does.
   * More names users type: lay names and drug-class words per record ("statins", "sugar diabetes", "BP",
     "降压药" ...), added to the records' `aka` lists for this version only (v2/v3 stay reproducible).
+  * Name swaps. The v2 templates use an aka in about a third of questions, split over several akas, so a
+    lay name such as "睡不着" was asked about four times in the whole training split and the first v4 model
+    answered "晚上总是睡不着有什么办法？" about a rash. A share of the anchored questions (SWAP_RATE) has its name
+    replaced by another name of the same record, and the anchor follows, so every name is seen leading to
+    its record's answers. Every name then gets at least MIN_NAME_QUESTIONS questions: copies of the
+    record's anchored samples with that name swapped in are added where it has fewer.
 
 Triage questions get the same frames (their answers stay as written). Multi-turn samples, passages, dialogues, ICD-10 and synthetic records are unchanged.
 """
@@ -69,7 +75,15 @@ SUFFIX = {
     "en": ["", "", " Thanks.", " Thank you!", " Please help.", " Any advice?", " I'm a bit worried.", " Thanks in advance."],
     "zh": ["", "", "谢谢！", "谢谢医生。", "急，在线等。", "麻烦了。", "有点担心。"],
 }
+# When and how often, before a Chinese symptom or condition question that starts with its name ("最近老是" +
+# "睡不着怎么办？"): the second v4 model answered "晚上总是睡不着有什么办法？" about bleeding but "睡不着有什么办法？"
+# about insomnia, having never seen words before the name.
+CONTEXT_ZH = ["最近老是", "最近总是", "这几天一直", "晚上经常", "夜里老是", "白天总是", "经常", "一到冬天就", "早上起来",
+              "这段时间", "孩子最近", "我爸经常"]
+CONTEXT_RATE = 0.5
 NOISE_RATE = 0.5  # share of anchored questions that get a lay frame
+SWAP_RATE = 0.3  # share of anchored questions whose name is replaced by another name of the same record
+MIN_NAME_QUESTIONS = 6  # anchored questions per name at least (added copies with the name swapped in)
 ANCHORED_KINDS = ("condition", "symptom", "medication")
 
 
@@ -88,6 +102,28 @@ def record_names(kb: dict, lang: str) -> list[str]:
     names = {n for group in ("conditions", "symptoms", "medicines") for rec in kb[lang][group]
              for n in [rec["name"], *rec.get("aka", [])]}
     return sorted(names, key=lambda n: (-len(n), n))
+
+
+def name_groups(kb: dict, lang: str) -> dict[str, list[str]]:
+    """Each name (case-folded) -> every name of its record (the first record that uses it)."""
+    groups: dict[str, list[str]] = {}
+    for group in ("conditions", "symptoms", "medicines"):
+        for rec in kb[lang][group]:
+            names = [rec["name"], *rec.get("aka", [])]
+            for n in names:
+                groups.setdefault(n.casefold(), names)
+    return groups
+
+
+def swap_name(rng: random.Random, question: str, name: str, groups: dict[str, list[str]]) -> tuple[str, str]:
+    """(question, name) with `name` replaced by another name of its record, when it has one."""
+    others = [n for n in groups.get(name.casefold(), []) if n.casefold() != name.casefold()]
+    if not others:
+        return question, name
+    new = rng.choice(others)
+    if name[:1].isupper() and question.startswith(name):
+        new = new[:1].upper() + new[1:]  # sentence start stays capitalised
+    return question.replace(name, new, 1), new
 
 
 def find_name(question: str, names: list[str], lang: str) -> str | None:
@@ -115,6 +151,13 @@ def anchor(answer: str, name: str, lang: str) -> str:
     return f"{name[:1].upper()}{name[1:]}: {first}"
 
 
+def add_context(rng: random.Random, question: str, name: str, kind: str, lang: str) -> str:
+    """Chinese symptom/condition questions that start with the name: half get a when/how-often phrase first."""
+    if lang == "zh" and kind in ("symptom", "condition") and question.startswith(name) and rng.random() < CONTEXT_RATE:
+        return rng.choice(CONTEXT_ZH) + question
+    return question
+
+
 def add_noise(rng: random.Random, question: str, lang: str) -> str:
     """A lay frame around the question; English sometimes lower-cased or without its question mark."""
     q = question
@@ -134,17 +177,34 @@ def add_noise(rng: random.Random, question: str, lang: str) -> str:
 def apply_v4(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict) -> list[tuple[str, str, list]]:
     """Anchor and (half of the time) frame the first question of every record sample; the rest as it is."""
     names = {lang: record_names(kb, lang) for lang in ("en", "zh")}
+    groups = {lang: name_groups(kb, lang) for lang in ("en", "zh")}
     out = []
+    asked: dict[tuple[str, str], int] = {}  # (lang, casefolded name) -> anchored questions using it
+    by_record: dict[tuple[str, str], list[tuple[str, str, str, list]]] = {}  # (lang, record name) -> originals
     for lang, kind, turns in raw:
         if kind in ANCHORED_KINDS and turns:
             (q, a), rest = turns[0], list(turns[1:])
             name = find_name(q, names[lang], lang)
             if name is not None:
+                by_record.setdefault((lang, groups[lang][name.casefold()][0]), []).append((kind, q, name, turns))
+                if rng.random() < SWAP_RATE:
+                    q, name = swap_name(rng, q, name, groups[lang])
+                asked[(lang, name.casefold())] = asked.get((lang, name.casefold()), 0) + 1
                 a = anchor(a, name, lang)
+                q = add_context(rng, q, name, kind, lang)
                 if rng.random() < NOISE_RATE:
                     q = add_noise(rng, q, lang)
             turns = [(q, a), *rest]
         elif kind == "triage" and rng.random() < NOISE_RATE:  # emergencies asked in lay frames too, answer as is
             turns = [(add_noise(rng, turns[0][0], lang), turns[0][1])]
         out.append((lang, kind, turns))
+    for (lang, _), originals in by_record.items():  # insertion order: deterministic
+        for new in groups[lang][originals[0][2].casefold()]:
+            for _ in range(MIN_NAME_QUESTIONS - asked.get((lang, new.casefold()), 0)):
+                kind, q, name, turns = rng.choice(originals)
+                q = q.replace(name, new[:1].upper() + new[1:] if q.startswith(name) and name[:1].isupper() else new, 1)
+                q = add_context(rng, q, new, kind, lang)
+                if rng.random() < NOISE_RATE:
+                    q = add_noise(rng, q, lang)
+                out.append((lang, kind, [(q, anchor(turns[0][1], new, lang)), *turns[1:]]))
     return out
