@@ -36,6 +36,7 @@ def tiny_train(
     from angelcli.data import load_split
     from angelcli.errors import UsageError
     from angelcli.resolve import TINY_DIR
+    from angelcli.tiny.corpus import BUILDER_VERSION, generate
     from angelcli.tiny.tokenizer import TINY_TOKENIZER_DIR
     from angelcli.tiny.train import TrainSettings, train_tiny
 
@@ -50,13 +51,9 @@ def tiny_train(
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
     settings = TrainSettings(threads=threads, seed=seed, **extra)
-    from angelcli.tiny.corpus import BUILDER_VERSION
-
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
     elif corpus_version in (2, 3, 4):  # the versions generate() knows
-        from angelcli.tiny.corpus import generate
-
         splits = generate(seed=0, version=corpus_version)  # deterministic: the same samples for every run
         train, held = splits["train"], splits["eval"]
     else:

@@ -3,7 +3,7 @@
 The v2/v3 models answered a new wording about the wrong record ("early signs of a stroke" -> urinary tract
 infection, "side effects of statins" -> salbutamol): every training question of a record is one of a few
 templates, so the model keyed its answer on the template and the neighbouring words as much as on the name.
-Version 4 changes three things, all seeded and all after the v3 samples are drawn:
+Version 4 changes these things, all seeded and all after the v3 samples are drawn:
 
   * Name anchors. A single-question answer about a condition, symptom or medicine whose first line does not
     name the subject starts with the name as the user typed it ("Statins: common side effects include ...",
@@ -22,7 +22,11 @@ Version 4 changes three things, all seeded and all after the v3 samples are draw
     its record's answers. Every name then gets at least MIN_NAME_QUESTIONS questions: copies of the
     record's anchored samples with that name swapped in are added where it has fewer.
 
-Triage questions get the same frames (their answers stay as written). Multi-turn samples, passages, dialogues, ICD-10 and synthetic records are unchanged.
+  * Words before the name. Half of the Chinese symptom/condition questions that start with the name get a
+    when/how-often phrase first (CONTEXT_ZH).
+
+Triage questions get the same frames (their answers stay as written). Multi-turn samples, passages,
+dialogues, ICD-10 and synthetic records are unchanged.
 """
 
 from __future__ import annotations
@@ -87,32 +91,42 @@ MIN_NAME_QUESTIONS = 6  # anchored questions per name at least (added copies wit
 ANCHORED_KINDS = ("condition", "symptom", "medication")
 
 
+def _records(kb: dict, lang: str):
+    """The language's condition, symptom and medicine records: the ones a question names."""
+    for group in ("conditions", "symptoms", "medicines"):
+        yield from kb[lang][group]
+
+
 def extend_aka(kb: dict) -> dict:
     """A deep copy of corpus._kb() with EXTRA_AKA added to each record's aka list."""
     kb = copy.deepcopy(kb)
     for lang, extra in EXTRA_AKA.items():
-        for group in ("conditions", "symptoms", "medicines"):
-            for rec in kb[lang][group]:
-                rec["aka"] = list(rec.get("aka", [])) + [a for a in extra.get(rec["name"], []) if a not in rec.get("aka", [])]
+        for rec in _records(kb, lang):
+            rec["aka"] = list(rec.get("aka", [])) + [a for a in extra.get(rec["name"], []) if a not in rec.get("aka", [])]
     return kb
 
 
 def record_names(kb: dict, lang: str) -> list[str]:
     """Every name and aka of the language's condition, symptom and medicine records, longest first."""
-    names = {n for group in ("conditions", "symptoms", "medicines") for rec in kb[lang][group]
-             for n in [rec["name"], *rec.get("aka", [])]}
+    names = {n for rec in _records(kb, lang) for n in [rec["name"], *rec.get("aka", [])]}
     return sorted(names, key=lambda n: (-len(n), n))
 
 
 def name_groups(kb: dict, lang: str) -> dict[str, list[str]]:
     """Each name (case-folded) -> every name of its record (the first record that uses it)."""
     groups: dict[str, list[str]] = {}
-    for group in ("conditions", "symptoms", "medicines"):
-        for rec in kb[lang][group]:
-            names = [rec["name"], *rec.get("aka", [])]
-            for n in names:
-                groups.setdefault(n.casefold(), names)
+    for rec in _records(kb, lang):
+        names = [rec["name"], *rec.get("aka", [])]
+        for n in names:
+            groups.setdefault(n.casefold(), names)
     return groups
+
+
+def replace_name(question: str, name: str, new: str) -> tuple[str, str]:
+    """(question with `name` replaced by `new`, `new` as written there: capitalised at a sentence start)."""
+    if name[:1].isupper() and question.startswith(name):
+        new = new[:1].upper() + new[1:]
+    return question.replace(name, new, 1), new
 
 
 def swap_name(rng: random.Random, question: str, name: str, groups: dict[str, list[str]]) -> tuple[str, str]:
@@ -120,10 +134,7 @@ def swap_name(rng: random.Random, question: str, name: str, groups: dict[str, li
     others = [n for n in groups.get(name.casefold(), []) if n.casefold() != name.casefold()]
     if not others:
         return question, name
-    new = rng.choice(others)
-    if name[:1].isupper() and question.startswith(name):
-        new = new[:1].upper() + new[1:]  # sentence start stays capitalised
-    return question.replace(name, new, 1), new
+    return replace_name(question, name, rng.choice(others))
 
 
 def find_name(question: str, names: list[str], lang: str) -> str | None:
@@ -202,9 +213,9 @@ def apply_v4(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict) -> 
         for new in groups[lang][originals[0][2].casefold()]:
             for _ in range(MIN_NAME_QUESTIONS - asked.get((lang, new.casefold()), 0)):
                 kind, q, name, turns = rng.choice(originals)
-                q = q.replace(name, new[:1].upper() + new[1:] if q.startswith(name) and name[:1].isupper() else new, 1)
-                q = add_context(rng, q, new, kind, lang)
+                q, written = replace_name(q, name, new)
+                q = add_context(rng, q, written, kind, lang)
                 if rng.random() < NOISE_RATE:
                     q = add_noise(rng, q, lang)
-                out.append((lang, kind, [(q, anchor(turns[0][1], new, lang)), *turns[1:]]))
+                out.append((lang, kind, [(q, anchor(turns[0][1], written, lang)), *turns[1:]]))
     return out
