@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -325,6 +326,30 @@ def test_v4_every_lay_name_leads_to_its_record():
     assert new.casefold() in [n.casefold() for n in groups["type 2 diabetes"]] and new.casefold() != "type 2 diabetes"
     assert q == new + ": what is it?" and new[:1].isupper()  # sentence start stays capitalised
     assert swap_name(random.Random(0), "What is gibberish?", "gibberish", groups) == ("What is gibberish?", "gibberish")
+
+
+def test_v5_bridged_anchors_name_the_record_after_a_lay_name():
+    """Version 5 = version 4 with the record's main name after a lay name in the anchor; nothing else moves."""
+    from angelcli.tiny.corpus import generate
+    from angelcli.tiny.corpus_v4 import anchor
+
+    assert anchor("它是…", "睡不着", "zh", main="失眠") == "睡不着（失眠）：它是…"
+    assert anchor("Muscle aches are common.", "statins", "en", main="atorvastatin") == \
+        "Statins (atorvastatin): muscle aches are common."
+    assert anchor("Muscle aches.", "Atorvastatin", "en", main="atorvastatin") == "Atorvastatin: muscle aches."
+    v4, v5 = generate(seed=0, scale=0.3, version=4), generate(seed=0, scale=0.3, version=5)
+    assert [len(x) for x in v4.values()] == [len(x) for x in v5.values()]
+    changed = 0
+    for a, b in zip(v4["train"], v5["train"]):
+        for ma, mb in zip(a["messages"], b["messages"], strict=True):
+            if ma == mb:
+                continue
+            assert ma["role"] == mb["role"] == "assistant"  # same questions, same draws: only answers change
+            changed += 1
+            ra, rb = ma["content"], mb["content"]
+            # "X（main）：answer" / "X (main): answer" is v4's "X：answer" / "X: answer" with the main name inserted
+            assert re.sub(r"^([^\n:：（(]+)(（[^）]+）|\s\([^)]+\))([:：])", r"\1\3", rb, count=1) == ra, (ra[:60], rb[:60])
+    assert changed > 100
 
 
 def test_draft_data_adds_unseen_questions_only(splits):

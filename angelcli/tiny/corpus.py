@@ -72,6 +72,9 @@ VARIANTS[3] = VARIANTS[2]
 # Version 4 (angelcli/tiny/corpus_v4.py) is v3 with extra lay names per record, name-anchored answers and
 # lay-framed questions; the counts stay v2's.
 VARIANTS[4] = VARIANTS[2]
+# Version 5 is v4 with bridged anchors: a lay name in the question leads the answer followed by the record's
+# main name ("睡不着（失眠）：...", corpus_v4.anchor()).
+VARIANTS[5] = VARIANTS[2]
 
 
 def kb_for(version: int) -> dict:
@@ -220,7 +223,8 @@ def generate(seed: int = 0, scale: float = 1.0, version: int = BUILDER_VERSION) 
     if version >= 4:
         from angelcli.tiny.corpus_v4 import apply_v4
 
-        raw = apply_v4(random.Random(seed + 4), raw, kb_for(version))  # own stream: v3's draws stay as they were
+        # own stream: v3's draws stay as they were; v5 draws exactly what v4 draws, only the anchors differ
+        raw = apply_v4(random.Random(seed + 4), raw, kb_for(version), bridge=version >= 5)
     for lang, kind, turns in raw:
         s = to_sample(rng, lang, kind, turns)
         key = conversation_key(s)

@@ -150,16 +150,23 @@ def find_name(question: str, names: list[str], lang: str) -> str | None:
     return None
 
 
-def anchor(answer: str, name: str, lang: str) -> str:
-    """Start the answer with the name unless its first line (up to 80 characters) names it already."""
+def anchor(answer: str, name: str, lang: str, main: str | None = None) -> str:
+    """Start the answer with the name unless its first line (up to 80 characters) names it already.
+
+    With `main` (version 5, bridged anchors) a name other than the record's main name is followed by the main
+    name in brackets ("睡不着（失眠）：...", "Statins (atorvastatin): ..."): the model has to map a lay name to
+    its record once, in two tokens it can copy or look up, and then continues from the main name, which leads
+    every answer of the record and so has many times the training examples of any one lay name."""
     head = answer.split("\n", 1)[0][:80]
     if name.casefold() in head.casefold():
         return answer
+    label = name if main is None or main.casefold() == name.casefold() else (
+        f"{name}（{main}）" if lang == "zh" else f"{name} ({main})")
     if lang == "zh":
-        return f"{name}：{answer}"
+        return f"{label}：{answer}"
     # "Treatment starts ..." -> "treatment starts ..."; "HbA1c", "ACE inhibitors", "I" stay as written
     first = answer[:1].lower() + answer[1:] if re.match(r"[A-Z][a-z]+\b", answer) else answer
-    return f"{name[:1].upper()}{name[1:]}: {first}"
+    return f"{label[:1].upper()}{label[1:]}: {first}"
 
 
 def add_context(rng: random.Random, question: str, name: str, kind: str, lang: str) -> str:
@@ -185,8 +192,10 @@ def add_noise(rng: random.Random, question: str, lang: str) -> str:
     return rng.choice(PREFIX["zh"]) + q + rng.choice(SUFFIX["zh"])
 
 
-def apply_v4(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict) -> list[tuple[str, str, list]]:
-    """Anchor and (half of the time) frame the first question of every record sample; the rest as it is."""
+def apply_v4(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict,
+             bridge: bool = False) -> list[tuple[str, str, list]]:
+    """Anchor and (half of the time) frame the first question of every record sample; the rest as it is.
+    bridge=True (version 5): anchors name the record's main name after a lay name (see anchor())."""
     names = {lang: record_names(kb, lang) for lang in ("en", "zh")}
     groups = {lang: name_groups(kb, lang) for lang in ("en", "zh")}
     out = []
@@ -201,7 +210,7 @@ def apply_v4(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict) -> 
                 if rng.random() < SWAP_RATE:
                     q, name = swap_name(rng, q, name, groups[lang])
                 asked[(lang, name.casefold())] = asked.get((lang, name.casefold()), 0) + 1
-                a = anchor(a, name, lang)
+                a = anchor(a, name, lang, groups[lang][name.casefold()][0] if bridge else None)
                 q = add_context(rng, q, name, kind, lang)
                 if rng.random() < NOISE_RATE:
                     q = add_noise(rng, q, lang)
@@ -217,5 +226,6 @@ def apply_v4(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict) -> 
                 q = add_context(rng, q, written, kind, lang)
                 if rng.random() < NOISE_RATE:
                     q = add_noise(rng, q, lang)
-                out.append((lang, kind, [(q, anchor(turns[0][1], written, lang)), *turns[1:]]))
+                main = groups[lang][new.casefold()][0] if bridge else None
+                out.append((lang, kind, [(q, anchor(turns[0][1], written, lang, main)), *turns[1:]]))
     return out
