@@ -7,9 +7,9 @@ import torch
 
 from angelcli.resolve import TINY_DIR, resolve_model
 
-HELDOUT_BOUND = 1.2  # nats per answer token (the shipped model: about 0.76)
-PROBE_BOUND = 0.35  # share of the 40 demo questions answered on topic (docs/angel-tiny.md has the shipped figure)
-HELDOUT_PROBE_BOUND = 0.35  # share of the 20 held-out phrasings answered on topic (ditto)
+HELDOUT_BOUND = 0.8  # nats per answer token (the shipped model: about 0.52; the previous one 0.76)
+PROBE_BOUND = 0.6  # share of the 40 demo questions answered on topic (docs/angel-tiny.md has the shipped figure)
+HELDOUT_PROBE_BOUND = 0.5  # share of the 20 held-out phrasings answered on topic (ditto)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_heldout_loss_far_below_untrained(tiny):
     model, cfg, _, tok = tiny
     ev = evaluate(model, conversation_stream(tok, load_split("eval")), seq_len=256, max_rows=8)
     # answer tokens of held-out conversations: an untrained model scores about ln(vocab) = 9.0 nats, the shipped
-    # one HELDOUT_TYPICAL (docs/angel-tiny.md)
+    # one about 0.52 (docs/angel-tiny.md)
     assert ev["loss"] < HELDOUT_BOUND, ev
     log = json.loads((TINY_DIR / "training_log.json").read_text())
     assert log["untrained_eval"]["loss"] > 8.0 and log["final_eval"]["loss"] < HELDOUT_BOUND

@@ -36,7 +36,8 @@ def test_corpus_size_and_language_mix(splits):
     assert 0.25 <= st["zh_char_share"] <= 0.40, st
     assert {s["lang"] for s in everything} == {"en", "zh"}
     shipped = sum((MEDICAL_DIR / f"{n}.jsonl").stat().st_size for n in SPLITS)
-    assert shipped <= 5_000_000, shipped  # it ships inside the package
+    # it ships inside the package: v5 (every name asked >= 6 times, anchored answers) is 5.4 MB, v2 was 4.1 MB
+    assert shipped <= 6_000_000, shipped
     for name, v in splits.items():
         assert {s["lang"] for s in v} == {"en", "zh"}, name
     assert len(splits["calib"]) >= 128 and len(splits["eval"]) >= 128

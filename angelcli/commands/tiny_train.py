@@ -17,12 +17,10 @@ def tiny_train(
     prompt_loss_weight: Optional[float] = typer.Option(None, "--prompt-loss-weight", help="Loss weight of question "
                                                        "and template tokens (shipped model: 0.1; 0 = answers only)."),
     corpus_version: Optional[int] = typer.Option(None, "--corpus-version", help="Corpus builder version (default: "
-                                                 "the shipped corpus files, version 2); 3 = built in memory with "
-                                                 "remedies, lay wordings and de-duplicated lists (corpus_v3.py); 4 = v3 "
-                                                 "with name-anchored answers, lay-framed questions, lay names and name "
-                                                 "swaps (corpus_v4.py)."),
+                                                 "the shipped corpus files, version 5); 2, 3 or 4 rebuild an earlier "
+                                                 "builder's corpus in memory (docs/angel-tiny.md, Corpus)."),
 ) -> None:
-    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~13 min on 2 cores.
+    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~27 min on 2 cores.
 
     Ends with the topic probe: the 40 built-in demo questions and 20 held-out phrasings answered greedily,
     counted on topic or not. A retrained model needs a retrained EAGLE3 draft (`just draft-tiny`): the draft
@@ -30,7 +28,7 @@ def tiny_train(
 
     Examples:
       angel tiny-train --out /tmp/angel-tiny
-      angel tiny-train --out /tmp/angel-tiny-v4 --corpus-version 4 --steps 1400   (~25 min; docs/angel-tiny.md)
+      angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100   (the previous angel-tiny, ~14 min)
     """
     from angelcli.console import emit_json, log
     from angelcli.data import load_split
@@ -53,11 +51,11 @@ def tiny_train(
     settings = TrainSettings(threads=threads, seed=seed, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
-    elif corpus_version in (2, 3, 4):  # the versions generate() knows
+    elif corpus_version in (2, 3, 4, 5):  # the versions generate() knows
         splits = generate(seed=0, version=corpus_version)  # deterministic: the same samples for every run
         train, held = splits["train"], splits["eval"]
     else:
-        raise UsageError("--corpus-version must be 2, 3 or 4")
+        raise UsageError("--corpus-version must be 2, 3, 4 or 5")
     hist = train_tiny(dest, TINY_TOKENIZER_DIR, train, held, settings, log=log)
     probe = hist.get("topic_probe", {})
     summary = {"out": str(dest), "steps": settings.steps, "train_seconds": hist["train_seconds"],

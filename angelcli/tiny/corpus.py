@@ -29,7 +29,7 @@ from angelcli.fsutil import atomic_write_json, atomic_write_text
 SYSTEM_PROMPT = "You are AntAngelMed, a helpful medical assistant."
 SPLITS = ("train", "calib", "eval")
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "medical"
-BUILDER_VERSION = 2
+BUILDER_VERSION = 5
 
 # Share of samples (per language) that go to the held-out splits.
 CALIB_FRAC = 0.05
