@@ -107,6 +107,9 @@ def test_topic_probe_scoring():
     assert is_on_topic("Common symptoms of Type 2 Diabetes include thirst.", ["diabet", "glucose"])
     assert not is_on_topic("A runny nose and a sore throat.", ["diabet", "blood sugar", "glucose"])
     assert is_on_topic("2型糖尿病常见多饮多尿。", ["糖尿病", "血糖"])
+    # English topic words start a word: a UTI answer that suggests a pharmacist is not about the "arm"
+    assert not is_on_topic("Ask a pharmacist for advice.", ["stroke", "arm", "speech"])
+    assert is_on_topic("Weakness in one arm.", ["arm"]) and is_on_topic("(Face drooping)", ["face"])
 
 
 def test_sorted_moe_dispatch_matches_the_reference_loop_with_gradients():

@@ -14,6 +14,7 @@ By default the probe asks the demo questions and the held-out phrasings of probe
 from __future__ import annotations
 
 import json
+import re
 
 from angelcli.data import MEDICAL_DIR, load_prompt_rows
 
@@ -36,8 +37,11 @@ def extended_probes() -> list[dict]:
 
 
 def is_on_topic(answer: str, topic: list[str]) -> bool:
+    """A topic word occurs in the answer; English words must start a word ("diabet" matches "diabetes", but
+    "arm" does not match "pharmacist"), Chinese words match anywhere."""
     text = answer.lower()
-    return any(word.lower() in text for word in topic)
+    return any(re.search(r"(?<![a-z])" + re.escape(w.lower()), text) if w.isascii() else w.lower() in text
+               for w in topic)
 
 
 def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | None = None) -> dict:
