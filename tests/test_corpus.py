@@ -353,6 +353,29 @@ def test_v5_bridged_anchors_name_the_record_after_a_lay_name():
     assert changed > 100
 
 
+def test_v6_case_answers_name_the_possibility_first():
+    from angelcli.tiny.corpus import generate
+    from angelcli.tiny.corpus_v6 import possibility_first
+
+    en = ("It is not possible to be sure without an examination, but one possibility is gout. Gout is arthritis.\n\n"
+          "Please arrange to see a GP.")
+    assert possibility_first(en, "en") == ("One possibility is gout. It is not possible to be sure without an "
+                                           "examination. Gout is arthritis.\n\nPlease arrange to see a GP.")
+    said = "Many conditions can cause this, so a proper assessment matters. That said, one possibility is flu. Flu is."
+    assert possibility_first(said, "en") == ("One possibility is flu. Many conditions can cause this, so a proper "
+                                             "assessment matters. Flu is.")
+    assert possibility_first("不经过检查很难确定，其中一种可能是痛风。痛风是…", "zh") == "可能是痛风。不经过检查很难确定。痛风是…"
+    assert possibility_first("Drink water.", "en") == "Drink water."  # other shapes stay as written
+    v5, v6 = generate(seed=0, scale=0.3, version=5), generate(seed=0, scale=0.3, version=6)
+    cases = {v: [s for split in d.values() for s in split if s["kind"] == "case"] for v, d in ((5, v5), (6, v6))}
+    assert len(cases[6]) > len(cases[5]) + 100
+    assert all(s["messages"][-1]["content"].startswith(("One possibility is ", "可能是")) for s in cases[6])
+    # nothing but the cases moves: v5's other conversations are all in v6
+    rest = {json.dumps(s["messages"], ensure_ascii=False) for d in (v5,) for split in d.values() for s in split
+            if s["kind"] != "case"}
+    assert rest <= {json.dumps(s["messages"], ensure_ascii=False) for split in v6.values() for s in split}
+
+
 def test_draft_data_adds_unseen_questions_only(splits):
     """Draft-training data: the train split first, then fresh questions none of the shipped splits ask."""
     from angelcli.tiny.draft_data import draft_conversations

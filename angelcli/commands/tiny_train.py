@@ -18,7 +18,8 @@ def tiny_train(
                                                        "and template tokens (shipped model: 0.1; 0 = answers only)."),
     corpus_version: Optional[int] = typer.Option(None, "--corpus-version", help="Corpus builder version (default: "
                                                  "the shipped corpus files, version 5); 2, 3 or 4 rebuild an earlier "
-                                                 "builder's corpus in memory (docs/angel-tiny.md, Corpus)."),
+                                                 "builder's corpus in memory, 6 the next one (more symptom-description "
+                                                 "questions; docs/angel-tiny.md, Corpus)."),
 ) -> None:
     """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~27 min on 2 cores.
 
@@ -51,11 +52,11 @@ def tiny_train(
     settings = TrainSettings(threads=threads, seed=seed, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
-    elif corpus_version in (2, 3, 4, 5):  # the versions generate() knows
+    elif corpus_version in (2, 3, 4, 5, 6):  # the versions generate() knows
         splits = generate(seed=0, version=corpus_version)  # deterministic: the same samples for every run
         train, held = splits["train"], splits["eval"]
     else:
-        raise UsageError("--corpus-version must be 2, 3, 4 or 5")
+        raise UsageError("--corpus-version must be 2, 3, 4, 5 or 6")
     hist = train_tiny(dest, TINY_TOKENIZER_DIR, train, held, settings, log=log)
     probe = hist.get("topic_probe", {})
     summary = {"out": str(dest), "steps": settings.steps, "train_seconds": hist["train_seconds"],

@@ -75,6 +75,9 @@ VARIANTS[4] = VARIANTS[2]
 # Version 5 is v4 with bridged anchors: a lay name in the question leads the answer followed by the record's
 # main name ("睡不着（失眠）：...", corpus_v4.anchor()).
 VARIANTS[5] = VARIANTS[2]
+# Version 6 (angelcli/tiny/corpus_v6.py) is v5 with more symptom-description ("case") questions and their answers
+# naming the possibility first.
+VARIANTS[6] = VARIANTS[2]
 
 
 def kb_for(version: int) -> dict:
@@ -225,6 +228,10 @@ def generate(seed: int = 0, scale: float = 1.0, version: int = BUILDER_VERSION) 
 
         # own stream: v3's draws stay as they were; v5 draws exactly what v4 draws, only the anchors differ
         raw = apply_v4(random.Random(seed + 4), raw, kb_for(version), bridge=version >= 5)
+    if version >= 6:
+        from angelcli.tiny.corpus_v6 import apply_v6
+
+        raw = apply_v6(random.Random(seed + 6), raw, kb_for(version))
     for lang, kind, turns in raw:
         s = to_sample(rng, lang, kind, turns)
         key = conversation_key(s)
