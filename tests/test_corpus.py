@@ -371,7 +371,7 @@ def test_v6_case_answers_name_the_possibility_first():
     assert len(cases[6]) > len(cases[5]) + 100
     assert all(s["messages"][-1]["content"].startswith(("One possibility is ", "可能是")) for s in cases[6])
     # nothing but the cases moves: v5's other conversations are all in v6
-    rest = {json.dumps(s["messages"], ensure_ascii=False) for d in (v5,) for split in d.values() for s in split
+    rest = {json.dumps(s["messages"], ensure_ascii=False) for split in v5.values() for s in split
             if s["kind"] != "case"}
     assert rest <= {json.dumps(s["messages"], ensure_ascii=False) for split in v6.values() for s in split}
 

@@ -35,7 +35,7 @@ def tiny_train(
     from angelcli.data import load_split
     from angelcli.errors import UsageError
     from angelcli.resolve import TINY_DIR
-    from angelcli.tiny.corpus import BUILDER_VERSION, generate
+    from angelcli.tiny.corpus import BUILDER_VERSION, VARIANTS, generate
     from angelcli.tiny.tokenizer import TINY_TOKENIZER_DIR
     from angelcli.tiny.train import TrainSettings, train_tiny
 
@@ -52,11 +52,12 @@ def tiny_train(
     settings = TrainSettings(threads=threads, seed=seed, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
-    elif corpus_version in (2, 3, 4, 5, 6):  # the versions generate() knows
+    elif corpus_version in VARIANTS and corpus_version >= 2:  # v1 only seeds the tokenizer's vocabulary
         splits = generate(seed=0, version=corpus_version)  # deterministic: the same samples for every run
         train, held = splits["train"], splits["eval"]
     else:
-        raise UsageError("--corpus-version must be 2, 3, 4, 5 or 6")
+        known = ", ".join(str(v) for v in sorted(VARIANTS) if v >= 2)
+        raise UsageError(f"--corpus-version must be one of {known}")
     hist = train_tiny(dest, TINY_TOKENIZER_DIR, train, held, settings, log=log)
     probe = hist.get("topic_probe", {})
     summary = {"out": str(dest), "steps": settings.steps, "train_seconds": hist["train_seconds"],

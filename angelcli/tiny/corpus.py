@@ -226,12 +226,13 @@ def generate(seed: int = 0, scale: float = 1.0, version: int = BUILDER_VERSION) 
     if version >= 4:
         from angelcli.tiny.corpus_v4 import apply_v4
 
+        kb = kb_for(version)
         # own stream: v3's draws stay as they were; v5 draws exactly what v4 draws, only the anchors differ
-        raw = apply_v4(random.Random(seed + 4), raw, kb_for(version), bridge=version >= 5)
+        raw = apply_v4(random.Random(seed + 4), raw, kb, bridge=version >= 5)
     if version >= 6:
         from angelcli.tiny.corpus_v6 import apply_v6
 
-        raw = apply_v6(random.Random(seed + 6), raw, kb_for(version))
+        raw = apply_v6(random.Random(seed + 6), raw, kb)
     for lang, kind, turns in raw:
         s = to_sample(rng, lang, kind, turns)
         key = conversation_key(s)

@@ -210,6 +210,7 @@ def apply_v4(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict,
                 if rng.random() < SWAP_RATE:
                     q, name = swap_name(rng, q, name, groups[lang])
                 asked[(lang, name.casefold())] = asked.get((lang, name.casefold()), 0) + 1
+                # the swapped-in name's own main name: a name two records share belongs to the first of them
                 a = anchor(a, name, lang, groups[lang][name.casefold()][0] if bridge else None)
                 q = add_context(rng, q, name, kind, lang)
                 if rng.random() < NOISE_RATE:

@@ -20,10 +20,14 @@ from __future__ import annotations
 import random
 import re
 
+from angelcli.tiny import corpus_templates_en, corpus_templates_zh
+from angelcli.tiny.corpus_v4 import add_noise
+
 EXTRA_CASES = {"en": 9, "zh": 10}
 CASE_NOISE_RATE = 0.5
 
-_EN = re.compile(r"^(?P<hedge>.+?)(?:,| That said,)? one possibility is (?P<name>[^.]+)\. ", re.S)
+# the hedge without the words that join it to the possibility (", but", ". That said,", "，")
+_EN = re.compile(r"^(?P<hedge>.+?)(?:, but|\. That said,) one possibility is (?P<name>[^.]+)\. ", re.S)
 _ZH = re.compile(r"^(?P<hedge>.+?)[，,]?其中一种可能是(?P<name>[^。]+)。", re.S)
 
 
@@ -34,20 +38,15 @@ def possibility_first(answer: str, lang: str) -> str:
         return answer
     hedge, name, rest = m["hedge"].strip(), m["name"], answer[m.end():]
     if lang == "zh":
-        return f"可能是{name}。{hedge.rstrip('，,')}。{rest}"
-    hedge = re.sub(r"(,? but|\. That said,?)$", "", hedge).rstrip(",. ")
+        return f"可能是{name}。{hedge}。{rest}"
     return f"One possibility is {name}. {hedge}. {rest}"
 
 
 def apply_v6(rng: random.Random, raw: list[tuple[str, str, list]], kb: dict) -> list[tuple[str, str, list]]:
     """raw with case answers possibility-first, plus EXTRA_CASES new case presentations per condition."""
-    from angelcli.tiny import corpus_templates_en as en
-    from angelcli.tiny import corpus_templates_zh as zh
-    from angelcli.tiny.corpus_v4 import add_noise
-
     out = [(lang, kind, [(q, possibility_first(a, lang)) for q, a in turns] if kind == "case" else turns)
            for lang, kind, turns in raw]
-    for lang, T in (("en", en), ("zh", zh)):
+    for lang, T in (("en", corpus_templates_en), ("zh", corpus_templates_zh)):
         for c in kb[lang]["conditions"]:
             for _ in range(EXTRA_CASES[lang]):
                 turns = T.condition_case(rng, c)
