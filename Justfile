@@ -19,7 +19,7 @@ bench *ARGS:
     .venv/bin/angel bench --batches 1 --contexts 16,1024 --formats bf16 {{ARGS}}
     .venv/bin/angel bench --vs-reference --threads 1
 
-# Train angel-tiny again from the bundled corpus (about 27 minutes on 2 cores)
+# Train angel-tiny again from the bundled corpus and its routing examples (about 28 minutes on 2 cores)
 tiny *ARGS:
     .venv/bin/angel tiny-train {{ARGS}}
 

@@ -20,8 +20,11 @@ def tiny_train(
                                                  "the shipped corpus files, version 5); 2, 3 or 4 rebuild an earlier "
                                                  "builder's corpus in memory, 6 the next one (more symptom-description "
                                                  "questions; docs/angel-tiny.md, Corpus)."),
+    routing: bool = typer.Option(True, "--routing/--no-routing", help="Add the routing examples: many more "
+                                 "wordings per question, supervised on the opening of the answer that names the "
+                                 "record (docs/angel-tiny.md, Training). --no-routing --steps 1400 = the v5 model."),
 ) -> None:
-    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~27 min on 2 cores.
+    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~28 min on 2 cores.
 
     Ends with the topic probe: the 40 built-in demo questions and 20 held-out phrasings answered greedily,
     counted on topic or not. A retrained model needs a retrained EAGLE3 draft (`just draft-tiny`): the draft
@@ -29,7 +32,8 @@ def tiny_train(
 
     Examples:
       angel tiny-train --out /tmp/angel-tiny
-      angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100   (the previous angel-tiny, ~14 min)
+      angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400   (the previous angel-tiny, ~27 min)
+      angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100 --no-routing   (the v2 model)
     """
     from angelcli.console import emit_json, log
     from angelcli.data import load_split
@@ -49,7 +53,7 @@ def tiny_train(
     extra = {"steps": steps} if steps else {}
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
-    settings = TrainSettings(threads=threads, seed=seed, **extra)
+    settings = TrainSettings(threads=threads, seed=seed, routing=routing, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
     elif corpus_version in VARIANTS and corpus_version >= 2:  # v1 only seeds the tokenizer's vocabulary

@@ -10,10 +10,12 @@ for over-loaded ones. The bias only changes which experts are chosen, never thei
 
 Data (angelcli/tiny/train_data.py): rows start at conversation starts and the loss weighs the answers, so
 the model learns to answer the question in its context; ICD-10 lookups and synthetic records lead fewer rows.
+Routing examples (angelcli/tiny/routing_data.py) add many more wordings of each question, supervised only on
+the opening of the answer that names the record, ahead of the corpus in the token stream.
 The run ends with the topic probe (angelcli/tiny/probe.py) on the checkpoint as written.
 
 Determinism: fixed seed, fixed number of steps, single process; the same machine and thread count give the
-same weights. `angel tiny-train` (or `just tiny`) rebuilds the shipped checkpoint in about 27 minutes on 2 cores.
+same weights. `angel tiny-train` (or `just tiny`) rebuilds the shipped checkpoint in about 28 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ TINY_CONFIG = dict(
 
 @dataclass
 class TrainSettings:
-    steps: int = 1400  # the shipped model (corpus v5: 9,452 training conversations)
+    steps: int = 1600  # the shipped model (corpus v5: 9,452 training conversations, plus routing examples)
     batch: int = 16
     seq_len: int = 256
     lr: float = 3e-3
@@ -50,7 +52,10 @@ class TrainSettings:
     prompt_loss_weight: float = 0.1  # weight of non-answer tokens (questions, template) in the loss
     # relative chance of a training row starting at a conversation of this kind (others 1.0): code lookups
     # and synthetic records stay in the mix but do not crowd out the questions users actually ask
-    kind_weights: dict = field(default_factory=lambda: {"icd10": 0.25, "record": 0.25})
+    kind_weights: dict = field(default_factory=lambda: {"icd10": 0.25, "record": 0.25, "routing": 0.45})
+    # routing examples (angelcli/tiny/routing_data.py): many more wordings per question, supervised on the
+    # answer's opening that names the record; False trains on the corpus alone (the v5 model, 1,400 steps)
+    routing: bool = True
     probe: bool = True  # answer the demo questions at the end and record how many stay on topic
 
 
@@ -127,6 +132,12 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
                            **{**TINY_CONFIG, **(model_overrides or {})})
     cfg = ModelConfig.from_dict(cfg_dict)
     train = conversation_stream(tok, train_samples, settings.prompt_loss_weight)
+    if settings.routing:
+        from angelcli.tiny.routing_data import join_streams, routing_samples, routing_stream
+
+        routing = routing_stream(tok, routing_samples(settings.seed), settings.prompt_loss_weight)
+        log(f"angel-tiny: {len(routing.starts):,} routing examples ({len(routing.ids):,} tokens)")
+        train = join_streams(routing, train)
     held_out = conversation_stream(tok, eval_samples)
     log(f"angel-tiny: {len(train.ids):,} train tokens ({train.answer_tokens:,} in answers), "
         f"{len(held_out.ids):,} held-out tokens, vocab {len(tok)}")

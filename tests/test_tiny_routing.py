@@ -1,0 +1,118 @@
+"""angel-tiny's routing examples (angelcli/tiny/routing_data.py): what they ask, what they supervise, and that
+they never contain a probe question."""
+
+import re
+
+import pytest
+
+from angelcli.tiny.tokenizer import TINY_TOKENIZER_DIR
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from angelcli.tokenizer import load_tokenizer
+
+    return load_tokenizer(TINY_TOKENIZER_DIR)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    from angelcli.tiny.routing_data import routing_samples
+
+    return routing_samples(0)
+
+
+def _question(sample: dict) -> str:
+    return next(m["content"] for m in sample["messages"] if m["role"] == "user")
+
+
+def _answer(sample: dict) -> str:
+    return next(m["content"] for m in sample["messages"] if m["role"] == "assistant")
+
+
+def test_routing_samples_are_deterministic_and_cover_every_record(samples):
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.routing_data import routing_samples
+
+    assert routing_samples(0) == samples
+    assert routing_samples(1) != samples
+    assert {s["kind"] for s in samples} == {"routing"} and {s["lang"] for s in samples} == {"en", "zh"}
+    kb = kb_for(5)
+    answers = {lang: " ".join(_answer(s) for s in samples if s["lang"] == lang) for lang in ("en", "zh")}
+    for lang in ("en", "zh"):
+        for group in ("conditions", "symptoms", "medicines"):
+            for rec in kb[lang][group]:
+                assert rec["name"].casefold() in answers[lang].casefold(), (lang, rec["name"])
+    assert not any("{" in _question(s) for s in samples), "a frame placeholder was left unfilled"
+
+
+def test_no_routing_question_is_a_probe_question(samples):
+    from angelcli.tiny.probe import extended_probes
+
+    def norm(text: str) -> str:
+        return re.sub(r"[\W_]+", " ", text).strip().casefold()
+
+    asked = {norm(_question(s)) for s in samples}
+    probes = [norm(p["prompt"]) for p in extended_probes()]
+    assert len(probes) == 60
+    assert not [p for p in probes if any(p in q for q in asked)]
+
+
+def test_supervised_opening_names_the_record_and_the_answer_is_cut_there(tok, samples):
+    from angelcli.tiny.routing_data import routing_stream
+
+    subset = samples[::25]
+    stream = routing_stream(tok, subset, prompt_weight=0.1)
+    assert len(stream.starts) == len(subset) and stream.kinds == ["routing"] * len(subset)
+    role_end = tok.convert_tokens_to_ids("<|role_end|>")
+    ends = stream.starts[1:] + [len(stream.ids)]
+    for s, a, b in zip(subset, stream.starts, ends):
+        ids, w = stream.ids[a:b], stream.weights[a:b]
+        assert w[0] == 0.0
+        # the answer is cut before its end: nothing learns to stop after the opening
+        assert role_end not in ids[w.index(1.0):]
+        opening = tok.decode([i for i, x in zip(ids, w) if x == 1.0])
+        # a cut can fall inside a Chinese character (byte-level BPE): its decoded tail is U+FFFD
+        assert opening and _answer(s).startswith(opening.rstrip("\ufffd"))
+        # the supervised tokens cover the requested characters, and one token fewer would not
+        assert len(opening) >= s["supervise_chars"] > len(tok.decode([i for i, x in zip(ids, w) if x == 1.0][:-1]))
+        # everything before the answer is the question side, weighted like the corpus's questions
+        assert set(w[1 : w.index(1.0)]) <= {0.1}
+    cases = [s for s in subset if "possibility" in _answer(s) or "可能是" in _answer(s)]
+    assert cases, "no symptom-description examples in the subset"
+
+
+def test_openings_name_a_record_or_are_an_emergency_answer(samples):
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.routing_frames import TRIAGE_NAMES
+
+    kb = kb_for(5)
+    names = {n.casefold() for lang in ("en", "zh") for g in ("conditions", "symptoms", "medicines")
+             for rec in kb[lang][g] for n in [rec["name"], *rec.get("aka", [])]}
+    triage = {t["a"] for lang in ("en", "zh") for t in kb[lang]["triage"]}
+    for lang in ("en", "zh"):  # every named emergency item exists in the knowledge base
+        for start in TRIAGE_NAMES[lang]:
+            assert any(t["q"][0].startswith(start) for t in kb[lang]["triage"]), start
+    emergencies = 0
+    for s in samples:
+        opening = _answer(s)[: s["supervise_chars"]].casefold()
+        if _answer(s) in triage:
+            emergencies += 1
+            assert s["supervise_chars"] in (40, 14)
+        else:
+            assert any(n in opening for n in names), (_question(s), opening)
+    assert emergencies >= 200
+
+
+def test_join_streams_offsets_starts_and_silences_the_first_token_after_a_cut(tok, samples):
+    from angelcli.tiny.routing_data import join_streams, routing_stream
+    from angelcli.tiny.train_data import conversation_stream
+
+    routing = routing_stream(tok, samples[:3])
+    corpus = conversation_stream(tok, [{"messages": [{"role": "user", "content": "What is gout?"},
+                                                     {"role": "assistant", "content": "A kind of arthritis."}]}], 0.1)
+    joined = join_streams(routing, corpus)
+    n = len(routing.ids)
+    assert joined.ids == routing.ids + corpus.ids
+    assert joined.starts == routing.starts + [n] and joined.kinds == ["routing"] * 3 + [None]
+    assert joined.weights[n] == 0.0 and joined.weights[n + 1 :] == corpus.weights[1:]
