@@ -116,3 +116,14 @@ def test_join_streams_offsets_starts_and_silences_the_first_token_after_a_cut(to
     assert joined.ids == routing.ids + corpus.ids
     assert joined.starts == routing.starts + [n] and joined.kinds == ["routing"] * 3 + [None]
     assert joined.weights[n] == 0.0 and joined.weights[n + 1 :] == corpus.weights[1:]
+
+
+def test_routing_examples_are_the_ones_the_shipped_model_was_trained_on(samples):
+    """angel-tiny (angelcli/assets/angel-tiny) was trained on exactly these examples: changing frames, counts or
+    draws changes what `angel tiny-train` rebuilds, so it goes with a retrained model (and draft)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(samples, ensure_ascii=False).encode()).hexdigest()
+    assert len(samples) == 5192
+    assert digest == "9c0916fc513e7d1f29d93ccc1ddfa6844512264c67f0bbd32a78986f696286ad"

@@ -48,7 +48,7 @@ def _answer(rng: random.Random, T, kind: str, rec: dict, intent: str) -> str:
     return T.medicine_answer(rng, rec, intent)
 
 
-def _supervised(answer: str, names: list[str], lang: str, extra: int) -> int:
+def _supervised(answer: str, names: list[str], extra: int) -> int:
     """Characters of the answer to supervise: through the first name of the record it mentions, plus `extra`."""
     folded = answer.casefold()
     ends = [folded.find(n.casefold()) + len(n) for n in names if folded.find(n.casefold()) >= 0]
@@ -56,14 +56,15 @@ def _supervised(answer: str, names: list[str], lang: str, extra: int) -> int:
 
 
 def routing_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
-    """Routing examples for every condition, symptom and medicine record in both languages, in a fixed order."""
+    """Routing examples for every condition, symptom and medicine record and every named emergency item
+    (routing_frames.TRIAGE_NAMES) in both languages, in a fixed order. kb: corpus.kb_for(5) by default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
     from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
     from angelcli.tiny.corpus_v3 import dedupe_reply
     from angelcli.tiny.corpus_v4 import add_noise, anchor
 
     kb = kb or kb_for(5)
-    rng = random.Random(seed + 17)
+    rng = random.Random(seed + 17)  # a stream of its own: the corpus builder's draws are untouched
     out: list[dict] = []
 
     def add(lang: str, question: str, answer: str, names: list[str], extra: int) -> None:
@@ -73,7 +74,7 @@ def routing_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
         answer = dedupe_reply(answer)
         msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
         out.append({"messages": msgs, "lang": lang, "kind": "routing",
-                    "supervise_chars": _supervised(answer, names, lang, extra)})
+                    "supervise_chars": _supervised(answer, names, extra)})
 
     for lang, T in (("en", corpus_templates_en), ("zh", corpus_templates_zh)):
         for kind, group in (("condition", "conditions"), ("symptom", "symptoms"), ("medicine", "medicines")):

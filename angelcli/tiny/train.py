@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from angelcli.tiny.routing_data import KIND_WEIGHT as ROUTING_WEIGHT
+
 TINY_CONFIG = dict(
     hidden_size=192, intermediate_size=512, num_hidden_layers=5, num_attention_heads=6, num_key_value_heads=2,
     head_dim=32, num_experts=64, n_group=8, topk_group=4, num_experts_per_tok=2, moe_intermediate_size=48,
@@ -52,7 +54,7 @@ class TrainSettings:
     prompt_loss_weight: float = 0.1  # weight of non-answer tokens (questions, template) in the loss
     # relative chance of a training row starting at a conversation of this kind (others 1.0): code lookups
     # and synthetic records stay in the mix but do not crowd out the questions users actually ask
-    kind_weights: dict = field(default_factory=lambda: {"icd10": 0.25, "record": 0.25, "routing": 0.45})
+    kind_weights: dict = field(default_factory=lambda: {"icd10": 0.25, "record": 0.25, "routing": ROUTING_WEIGHT})
     # routing examples (angelcli/tiny/routing_data.py): many more wordings per question, supervised on the
     # answer's opening that names the record; False trains on the corpus alone (the v5 model, 1,400 steps)
     routing: bool = True
