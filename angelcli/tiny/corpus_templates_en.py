@@ -183,12 +183,19 @@ _CASE_Q = ["I have these symptoms: {s}. What could it be?", "For a few days I've
 _WHO = ["husband", "wife", "mother", "father", "son", "daughter", "friend", "grandmother", "colleague"]
 
 
-def condition_case(rng: random.Random, c: dict) -> list[tuple[str, str]] | None:
-    """A symptom presentation answered with a hedged possibility, never a diagnosis."""
+def case_symptoms(rng: random.Random, c: dict) -> list[str] | None:
+    """Two or three of the condition's symptoms a patient could describe (None when it lists fewer than two)."""
     sym = [s for s in c["symptoms"] if "no symptom" not in s and not s.startswith("no ")]
     if len(sym) < 2:
         return None
-    chosen = rng.sample(sym, min(len(sym), rng.randint(2, 3)))
+    return rng.sample(sym, min(len(sym), rng.randint(2, 3)))
+
+
+def condition_case(rng: random.Random, c: dict) -> list[tuple[str, str]] | None:
+    """A symptom presentation answered with a hedged possibility, never a diagnosis."""
+    chosen = case_symptoms(rng, c)
+    if chosen is None:
+        return None
     q = rng.choice(_CASE_Q).format(s=join_en(chosen), who=rng.choice(_WHO))
     a = (rng.choice(["These symptoms can have several causes, and I can't diagnose you, but",
                      "Many conditions can cause this, so a proper assessment matters. That said,",

@@ -131,11 +131,18 @@ _CASE_Q = ["我最近有{s}，可能是什么问题？", "这几天出现{s}，�
 _WHO = ["爸爸", "妈妈", "老公", "老婆", "儿子", "女儿", "奶奶", "爷爷", "朋友"]
 
 
-def condition_case(rng: random.Random, c: dict) -> list[tuple[str, str]] | None:
+def case_symptoms(rng: random.Random, c: dict) -> list[str] | None:
+    """患者可能描述的两到三个症状（记录中少于两个时返回 None）。"""
     sym = [s for s in c["symptoms"] if "无症状" not in s and "没有" not in s]
     if len(sym) < 2:
         return None
-    chosen = rng.sample(sym, min(len(sym), rng.randint(2, 3)))
+    return rng.sample(sym, min(len(sym), rng.randint(2, 3)))
+
+
+def condition_case(rng: random.Random, c: dict) -> list[tuple[str, str]] | None:
+    chosen = case_symptoms(rng, c)
+    if chosen is None:
+        return None
     q = rng.choice(_CASE_Q).format(s=join_zh(chosen), who=rng.choice(_WHO))
     a = (rng.choice(["引起这些症状的原因有很多，我无法替你诊断，", "不经过检查很难确定，", "这些症状需要医生面诊评估，"])
          + f"其中一种可能是{c['name']}。{c['summary']}\n\n"

@@ -84,7 +84,8 @@ def symptom_causes_with_remedies(rng: random.Random, T, lang: str, s: dict) -> s
     return answer + "\n\n" + helps + "\n\n" + GET_HELP[lang].format(x=T.join_or(s["red_flags"][:2]))
 
 
-def _answer(rng: random.Random, T, kind: str, rec: dict, intent: str) -> str:
+def record_answer(rng: random.Random, T, kind: str, rec: dict, intent: str) -> str:
+    """T's answer to `intent` about a condition, symptom or medicine record (kind "medicine" or anything else)."""
     if kind == "symptom":
         return T.symptom_answer(rng, rec, intent)
     if kind == "condition":
@@ -114,7 +115,7 @@ def extra_samples(rng: random.Random, kb: dict, scale: float = 1.0) -> list[tupl
                         name = T.typed_name(rng, rec)
                         text = q.replace("{N}", _cap(name)).replace("{n}", name)
                         out.append((lang, "medication" if kind == "medicine" else kind,
-                                    [(_cap(text), _answer(rng, T, kind, rec, intent))]))
+                                    [(_cap(text), record_answer(rng, T, kind, rec, intent))]))
     return out
 
 

@@ -40,14 +40,6 @@ def _fill(rng: random.Random, frame: str, name: str, lang: str) -> str:
     return text.replace("{who}", rng.choice(WHO[lang]))
 
 
-def _answer(rng: random.Random, T, kind: str, rec: dict, intent: str) -> str:
-    if kind == "condition":
-        return T.condition_answer(rng, rec, intent)
-    if kind == "symptom":
-        return T.symptom_answer(rng, rec, intent)
-    return T.medicine_answer(rng, rec, intent)
-
-
 def _supervised(answer: str, names: list[str], extra: int) -> int:
     """Characters of the answer to supervise: through the first name of the record it mentions, plus `extra`."""
     folded = answer.casefold()
@@ -60,7 +52,7 @@ def routing_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
     (routing_frames.TRIAGE_NAMES) in both languages, in a fixed order. kb: corpus.kb_for(5) by default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
     from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
-    from angelcli.tiny.corpus_v3 import dedupe_reply
+    from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
     from angelcli.tiny.corpus_v4 import add_noise, anchor
 
     kb = kb or kb_for(5)
@@ -85,21 +77,21 @@ def routing_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
                     for _ in range(PER_INTENT):
                         name = rng.choice(names)
                         q = _fill(rng, rng.choice(NAMED[lang][(kind, intent)]), name, lang)
-                        a = anchor(_answer(rng, T, kind, rec, intent), name, lang, rec["name"])
+                        a = anchor(record_answer(rng, T, kind, rec, intent), name, lang, rec["name"])
                         add(lang, q, a, names, OPENING_CHARS[lang])
                 follows = [key for key in FOLLOW[lang] if key[0] == kind]
                 for _ in range(PER_LEAD if follows else 0):
                     name, key = rng.choice(names), rng.choice(follows)
                     sep = "" if lang == "zh" else " "
                     q = _fill(rng, rng.choice(LEAD[lang][kind]), name, lang) + sep + rng.choice(FOLLOW[lang][key])
-                    a = anchor(_answer(rng, T, kind, rec, key[1]), name, lang, rec["name"])
+                    a = anchor(record_answer(rng, T, kind, rec, key[1]), name, lang, rec["name"])
                     add(lang, q, a, names, OPENING_CHARS[lang])
                 if kind == "condition":
                     for _ in range(PER_CASE[lang]):
                         turns = T.condition_case(rng, rec)  # the v5 case answer: hedge, then the possibility
                         if not turns:
                             break
-                        s = (T.join_en if lang == "en" else T.join_zh)(_case_symptoms(rng, rec, lang))
+                        s = (T.join_en if lang == "en" else T.join_zh)(T.case_symptoms(rng, rec))
                         frame = rng.choice(CASE[lang]).replace("{S}", s[:1].upper() + s[1:]).replace("{s}", s)
                         q = _fill(rng, frame, "", lang)
                         add(lang, q, turns[0][1], [rec["name"]], OPENING_CHARS[lang] // 2)
@@ -109,15 +101,6 @@ def routing_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
                 q = _fill(rng, rng.choice(TRIAGE[lang]), rng.choice(names), lang)
                 add(lang, q[:1].upper() + q[1:], item["a"], [], OPENING_CHARS[lang])
     return out
-
-
-def _case_symptoms(rng: random.Random, rec: dict, lang: str) -> list[str]:
-    """Two or three of the record's symptoms, as condition_case draws them."""
-    if lang == "zh":
-        sym = [s for s in rec["symptoms"] if "无症状" not in s and "没有" not in s]
-    else:
-        sym = [s for s in rec["symptoms"] if "no symptom" not in s and not s.startswith("no ")]
-    return rng.sample(sym, min(len(sym), rng.randint(2, 3)))
 
 
 def routing_stream(tok, samples: list[dict], prompt_weight: float = 0.1):
