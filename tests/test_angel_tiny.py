@@ -10,6 +10,7 @@ from angelcli.resolve import TINY_DIR, resolve_model
 HELDOUT_BOUND = 0.7  # nats per answer token (the shipped model: about 0.49; the v5 model 0.52, v2 0.76)
 PROBE_BOUND = 0.65  # share of the 40 demo questions answered on topic (docs/angel-tiny.md has the shipped figure)
 HELDOUT_PROBE_BOUND = 0.6  # share of the 20 held-out phrasings answered on topic (ditto)
+BLIND_PROBE_BOUND = 0.25  # share of the 20 blind-set questions answered on topic (ditto)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +74,9 @@ def test_every_expert_gets_tokens_and_load_is_balanced(tiny):
 
 
 def test_answers_the_question_asked(tiny):
-    """Greedy answers to the 40 demo questions and 20 held-out phrasings (none of them in the corpus) stay on
-    their topic and end their turn; the README demo's questions and the angel-tiny issue's two acceptance
-    questions always do."""
+    """Greedy answers to the 40 demo questions, 20 held-out phrasings and 20 blind-set questions (none of them in
+    the corpus) stay on their topic and end their turn; the README demo's questions and the angel-tiny issue's
+    two acceptance questions always do."""
     from angelcli.bootstrap import DEMO_QUESTIONS
     from angelcli.tiny.probe import topic_probe
 
@@ -86,9 +87,10 @@ def test_answers_the_question_asked(tiny):
         assert by_prompt[q]["on_topic"] and by_prompt[q]["closed"], by_prompt[q]
         assert len(by_prompt[q]["answer"]) >= 20  # a real answer, not an immediate stop
     off = [(a["prompt"], a["answer"][:80]) for a in report["answers"] if not a["on_topic"]]
-    demo, heldout = report["sets"]["demo"], report["sets"]["heldout"]
+    demo, heldout, blind = report["sets"]["demo"], report["sets"]["heldout"], report["sets"]["blind"]
     assert demo["on_topic"] >= PROBE_BOUND * demo["total"], off
     assert heldout["on_topic"] >= HELDOUT_PROBE_BOUND * heldout["total"], off
+    assert blind["on_topic"] >= BLIND_PROBE_BOUND * blind["total"], off
     assert sum(a["closed"] for a in report["answers"]) >= 0.8 * report["total"]
 
 

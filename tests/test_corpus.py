@@ -319,7 +319,7 @@ def test_v4_every_lay_name_leads_to_its_record():
         assert len(anchored) >= MIN_NAME_QUESTIONS, (name, len(anchored))
         assert all(own in a.lower() or own in q.lower() for q, a in anchored)
     assert any(q.startswith(tuple(CONTEXT_ZH)) for q, _ in pairs)  # words before the name, as users write
-    demo = [json.loads(line)["prompt"] for f in ("prompts.jsonl", "probe_heldout.jsonl")
+    demo = [json.loads(line)["prompt"] for f in ("prompts.jsonl", "probe_heldout.jsonl", "probe_blind.jsonl")
             for line in (MEDICAL_DIR / f).read_text(encoding="utf-8").splitlines()]
     assert not set(demo) & {q for q, _ in pairs}  # the probe stays unseen
     groups = name_groups(kb_for(4), "en")
@@ -392,3 +392,19 @@ def test_draft_data_adds_unseen_questions_only(splits):
     assert {s["kind"] for s in extra} <= {"condition", "symptom", "medication", "case", "triage"}
     assert all(s["messages"][-1]["role"] == "assistant" for s in extra)
     assert draft_conversations(extra=60, seeds=(1,))[n:] == extra  # deterministic
+
+
+def test_draft_data_can_add_routing_questions_unseen_by_the_corpus(splits):
+    """`routing`: questions of the routing examples (other wordings, everyday descriptions) for the draft, each
+    a whole conversation whose answer --regenerate replaces; none is asked in the shipped corpus."""
+    from angelcli.tiny.draft_data import draft_conversations
+
+    n = len(splits["train"])
+    rows = draft_conversations(extra=0, seeds=(1,), routing=40)
+    assert rows[:n] == splits["train"] and len(rows) == n + 40
+    extra = rows[n:]
+    assert {s["kind"] for s in extra} == {"routing"} and {s["lang"] for s in extra} == {"en", "zh"}
+    assert all(s["messages"][-1]["role"] == "assistant" and s["messages"][-1]["content"] for s in extra)
+    asked = set(_users([s for v in splits.values() for s in v]))
+    assert not asked & set(_users(extra))
+    assert draft_conversations(extra=0, seeds=(1,), routing=40)[n:] == extra

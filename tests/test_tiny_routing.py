@@ -1,6 +1,7 @@
 """angel-tiny's routing examples (angelcli/tiny/routing_data.py): what they ask, what they supervise, and that
 they never contain a probe question."""
 
+import random
 import re
 
 import pytest
@@ -54,7 +55,7 @@ def test_no_routing_question_is_a_probe_question(samples):
 
     asked = {norm(_question(s)) for s in samples}
     probes = [norm(p["prompt"]) for p in extended_probes()]
-    assert len(probes) == 60
+    assert len(probes) == 80
     assert not [p for p in probes if any(p in q for q in asked)]
 
 
@@ -118,12 +119,81 @@ def test_join_streams_offsets_starts_and_silences_the_first_token_after_a_cut(to
     assert joined.weights[n] == 0.0 and joined.weights[n + 1 :] == corpus.weights[1:]
 
 
+def test_lay_table_covers_every_condition_without_naming_it():
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.routing_lay import LAY_I, LAY_NAMES, LAY_THEY
+
+    kb = kb_for(5)
+    for lang in ("en", "zh"):
+        conditions = {c["name"]: c for c in kb[lang]["conditions"]}
+        assert set(LAY_I[lang]) == set(conditions) and set(LAY_NAMES[lang]) <= set(conditions)
+        if lang == "en":
+            assert set(LAY_THEY[lang]) == set(conditions)
+        for name, c in conditions.items():
+            phrases = LAY_I[lang][name] + LAY_THEY.get(lang, {}).get(name, [])
+            assert len(set(LAY_I[lang][name])) == 8, name
+            for phrase in phrases:
+                assert phrase and phrase[-1] not in ".?!。？！，,", phrase
+                # a lay description does not name the condition (some aka are symptoms too: "wheezing"): the point
+                # is to route from the symptoms alone
+                assert name.casefold() not in phrase.casefold(), phrase
+
+
+def test_lay_samples_describe_each_condition_and_some_end_with_a_guess():
+    from angelcli.tiny import corpus_templates_en, corpus_templates_zh
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.routing_data import PER_GUESS, PER_LAY, PER_THEY, lay_samples
+    from angelcli.tiny.routing_lay import LAY_I, LAY_NAMES
+
+    lay = lay_samples(0)
+    assert lay == lay_samples(0) and lay != lay_samples(1)
+    kb = kb_for(5)
+    for lang in ("en", "zh"):
+        for c in kb[lang]["conditions"]:
+            mine = [s for s in lay if s["lang"] == lang and f"{c['name']}。" in _answer(s)
+                    or s["lang"] == lang == "en" and f"possibility is {c['name']}." in _answer(s)]
+            T = corpus_templates_en if lang == "en" else corpus_templates_zh
+            if T.case_symptoms(random.Random(0), c) is None:  # nothing to describe (high cholesterol): no case answer
+                assert not mine
+                continue
+            want = PER_LAY[lang] + (PER_THEY if lang == "en" else 0) + PER_GUESS[lang]
+            assert len(mine) == want, (lang, c["name"], len(mine))
+            # every question carries some of the condition's lay phrases, several ask about a guessed name
+            said = LAY_I[lang][c["name"]]
+            guesses = [n.casefold() for n in [*c.get("aka", []), *LAY_NAMES[lang].get(c["name"], [])]]
+            assert sum(any(p[4:20].casefold() in _question(s).casefold() for p in said) for s in mine) >= PER_LAY[lang]
+            assert sum(any(g in _question(s).casefold() for g in guesses) for s in mine) >= PER_GUESS[lang]
+
+
+def test_context_samples_put_every_record_in_context_with_numbers_and_second_questions():
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.routing_data import PER_CONTEXT, context_samples
+
+    cs = context_samples(0)
+    assert cs == context_samples(0) and cs != context_samples(1)
+    kb = kb_for(5)
+    assert len(cs) == PER_CONTEXT * sum(len(kb[lang][g]) for lang in ("en", "zh")
+                                        for g in ("conditions", "symptoms", "medicines"))
+    questions = [_question(s) for s in cs]
+    assert not [q for q in questions if "{" in q]
+    with_number = sum(bool(re.search(r"\d", q)) for q in questions) / len(cs)
+    second = sum(" And " in q or "还有，" in q for q in questions) / len(cs)
+    assert with_number > 0.3 and 0.2 < second < 0.5, (with_number, second)
+
+
 def test_routing_examples_are_the_ones_the_shipped_model_was_trained_on(samples):
-    """angel-tiny (angelcli/assets/angel-tiny) was trained on exactly these examples: changing frames, counts or
-    draws changes what `angel tiny-train` rebuilds, so it goes with a retrained model (and draft)."""
+    """angel-tiny (angelcli/assets/angel-tiny) was trained on exactly the examples without the lay ones
+    (`tiny-train`, lay off): changing frames, counts or draws changes what `angel tiny-train` rebuilds, so it goes
+    with a retrained model (and draft). The whole list is what `tiny-train --lay` trains on."""
     import hashlib
     import json
 
-    digest = hashlib.sha256(json.dumps(samples, ensure_ascii=False).encode()).hexdigest()
-    assert len(samples) == 5192
-    assert digest == "9c0916fc513e7d1f29d93ccc1ddfa6844512264c67f0bbd32a78986f696286ad"
+    from angelcli.tiny.routing_data import routing_samples
+
+    def digest(rows):
+        return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
+
+    assert samples[:5192] == routing_samples(0, lay=False)
+    assert digest(samples[:5192]) == "9c0916fc513e7d1f29d93ccc1ddfa6844512264c67f0bbd32a78986f696286ad"
+    assert len(samples) == 7010
+    assert digest(samples) == "bb43eff6a8c6a9eab74e55a9ca3a440428f97f85b692434023c49ccbbe6a8058"

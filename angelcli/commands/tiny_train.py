@@ -23,6 +23,10 @@ def tiny_train(
     routing: bool = typer.Option(True, "--routing/--no-routing", help="Add the routing examples: many more "
                                  "wordings per question, supervised on the opening of the answer that names the "
                                  "record (docs/angel-tiny.md, Training). --no-routing --steps 1400 = the v5 model."),
+    lay: bool = typer.Option(False, "--lay/--no-lay", help="With --routing: add symptom descriptions in everyday "
+                             "words (\"it stings when I pee\"), some ending with the patient's guess, and named "
+                             "questions in context (ages, doses, a second question); not yet in the shipped "
+                             "angel-tiny."),
 ) -> None:
     """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~28 min on 2 cores.
 
@@ -32,7 +36,8 @@ def tiny_train(
 
     Examples:
       angel tiny-train --out /tmp/angel-tiny
-      angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400   (the previous angel-tiny, ~27 min)
+      angel tiny-train --out /tmp/angel-tiny-lay --lay   (with everyday-word descriptions, ~28 min)
+      angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400   (the v5 model)
       angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100 --no-routing   (the v2 model)
     """
     from angelcli.console import emit_json, log
@@ -53,7 +58,7 @@ def tiny_train(
     extra = {"steps": steps} if steps else {}
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
-    settings = TrainSettings(threads=threads, seed=seed, routing=routing, **extra)
+    settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
     elif corpus_version in VARIANTS and corpus_version >= 2:  # v1 only seeds the tokenizer's vocabulary

@@ -8,7 +8,8 @@ questions appears in any corpus split, so this measures answering, not recall of
 
     report = topic_probe(model, cfg, tok)     -> {"on_topic": n, "total": m, "rate": n/m,
                                                   "sets": {"demo": {...}, "heldout": {...}}, "answers": [...]}
-By default the probe asks the demo questions and the held-out phrasings of probe_heldout.jsonl.
+By default the probe asks the demo questions, the held-out phrasings of probe_heldout.jsonl and the blind set
+of probe_blind.jsonl.
 """
 
 from __future__ import annotations
@@ -23,17 +24,33 @@ load_topic_probes = load_prompt_rows  # [{"prompt", "lang", "topic": [words]}] f
 # Questions written apart from the corpus templates and the demo questions (different wording, lay terms,
 # several facts in one question) on conditions and medicines the corpus covers: 14 English, 6 Chinese.
 HELDOUT_FILE = MEDICAL_DIR / "probe_heldout.jsonl"
+# A blind set (14 English, 6 Chinese): written by someone who saw only the list of record names, never the
+# corpus, its templates, the routing frames or the other probe questions; longer, with ages, doses, durations
+# and two questions in one, closer to what users type. The held-out phrasings above have been read by the
+# sessions that wrote routing frames, so this set is the less biased measure (docs/angel-tiny.md).
+BLIND_FILE = MEDICAL_DIR / "probe_blind.jsonl"
+
+
+def _rows(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def load_heldout_probes() -> list[dict]:
     """The held-out phrasings, rows like load_topic_probes'."""
-    return [json.loads(line) for line in HELDOUT_FILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return _rows(HELDOUT_FILE)
+
+
+def load_blind_probes() -> list[dict]:
+    """The blind set, rows like load_topic_probes'."""
+    return _rows(BLIND_FILE)
 
 
 def extended_probes() -> list[dict]:
-    """Demo questions then held-out phrasings, each row tagged "set": "demo" | "heldout"."""
+    """Demo questions, held-out phrasings, then the blind set; each row tagged "set": "demo" | "heldout" |
+    "blind"."""
     return ([dict(r, set="demo") for r in load_topic_probes()]
-            + [dict(r, set="heldout") for r in load_heldout_probes()])
+            + [dict(r, set="heldout") for r in load_heldout_probes()]
+            + [dict(r, set="blind") for r in load_blind_probes()])
 
 
 def is_on_topic(answer: str, topic: list[str]) -> bool:

@@ -25,12 +25,17 @@ from __future__ import annotations
 
 import random
 
-from angelcli.tiny.routing_frames import CASE, FOLLOW, LEAD, NAMED, TRIAGE, TRIAGE_NAMES, WHO
+from angelcli.tiny.routing_frames import (CASE, CONTEXT_POST, CONTEXT_PRE, FOLLOW, GUESS_ADJ_Q, GUESS_Q, LAY_Q, LEAD,
+                                          NAMED, THEY_Q, TRIAGE, TRIAGE_NAMES, WHO)
 
 PER_INTENT = 4  # named questions per (record, intent)
 PER_LEAD = 4  # two-sentence questions per record
 PER_CASE = {"en": 6, "zh": 6}  # symptom descriptions per condition
 PER_TRIAGE = 10  # questions per named emergency / first-aid item
+PER_LAY = {"en": 8, "zh": 8}  # everyday-word symptom descriptions per condition (routing_lay.LAY_I)
+PER_THEY = 4  # the same about a family member (routing_lay.LAY_THEY; English)
+PER_GUESS = {"en": 4, "zh": 4}  # descriptions that end with the patient's guess of the name
+PER_CONTEXT = 6  # named questions inside context (situation, ages, doses, a second question) per record
 OPENING_CHARS = {"en": 40, "zh": 14}  # answer characters supervised after the name
 KIND_WEIGHT = 0.45  # chance of a training row starting at a routing example, relative to a conversation's 1.0
 
@@ -47,9 +52,30 @@ def _supervised(answer: str, names: list[str], extra: int) -> int:
     return min(len(answer), (min(ends) if ends else 0) + extra)
 
 
-def routing_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _fill_lay(rng: random.Random, frame: str, lang: str, said: list[str], done: list[str], guess: str = "") -> str:
+    """A LAY_Q / THEY_Q / GUESS_Q frame with distinct phrases: "{s1}".."{s3}" from `said` (first person),
+    "{v1}", "{v2}" from `done` (third person), "{g}" the guess."""
+    s = rng.sample(said, 3) if len(said) >= 3 else said * 3
+    v = rng.sample(done, 2) if len(done) >= 2 else (done or [""]) * 2
+    for i in range(3):
+        frame = frame.replace("{S%d}" % (i + 1), _cap(s[i])).replace("{s%d}" % (i + 1), s[i])
+    frame = frame.replace("{v1}", v[0]).replace("{v2}", v[1]).replace("{g}", guess)
+    return _cap(_fill(rng, frame, "", lang))
+
+
+def _is_adjective(name: str) -> bool:
+    return " " not in name and name.islower() and name.endswith(("ic", "ed"))
+
+
+def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True) -> list[dict]:
     """Routing examples for every condition, symptom and medicine record and every named emergency item
-    (routing_frames.TRIAGE_NAMES) in both languages, in a fixed order. kb: corpus.kb_for(5) by default."""
+    (routing_frames.TRIAGE_NAMES) in both languages, in a fixed order; then (lay=True) the everyday-word
+    descriptions of lay_samples and the questions in context of context_samples (lay=False: the previous
+    angel-tiny's examples). kb: corpus.kb_for(5) by default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
     from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
     from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
@@ -100,6 +126,46 @@ def routing_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
             for _ in range(PER_TRIAGE if names else 0):
                 q = _fill(rng, rng.choice(TRIAGE[lang]), rng.choice(names), lang)
                 add(lang, q[:1].upper() + q[1:], item["a"], [], OPENING_CHARS[lang])
+    return out + (lay_samples(seed, kb) + context_samples(seed, kb) if lay else [])
+
+
+def lay_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
+    """Symptom descriptions in everyday words (routing_lay.py: "it stings when I pee", "my dad keeps getting up
+    at night to pee"), some ending with the patient's guess ("Could it be a water infection?"), answered with
+    the corpus's case answer (hedge, then "one possibility is <condition>"), for every condition in both
+    languages. The knowledge base lists symptoms in clinical words, so CASE examples alone never show these.
+    Own seeded stream: the examples before them are unchanged."""
+    from angelcli.tiny import corpus_templates_en, corpus_templates_zh
+    from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
+    from angelcli.tiny.corpus_v4 import add_noise
+    from angelcli.tiny.routing_lay import LAY_I, LAY_NAMES, LAY_THEY
+
+    kb = kb or kb_for(5)
+    rng = random.Random(seed + 29)
+    out: list[dict] = []
+    for lang, T in (("en", corpus_templates_en), ("zh", corpus_templates_zh)):
+        for rec in kb[lang]["conditions"]:
+            said, done = LAY_I[lang][rec["name"]], LAY_THEY.get(lang, {}).get(rec["name"], [])
+            guesses = [*rec.get("aka", []), *LAY_NAMES[lang].get(rec["name"], [])]
+            questions = [_fill_lay(rng, rng.choice(LAY_Q[lang]), lang, said, done) for _ in range(PER_LAY[lang])]
+            questions += [_fill_lay(rng, rng.choice(THEY_Q[lang]), lang, said, done)
+                          for _ in range(PER_THEY if done else 0)]
+            for _ in range(PER_GUESS[lang] if guesses else 0):
+                g = rng.choice(guesses)
+                frames = GUESS_ADJ_Q[lang] if _is_adjective(g) else GUESS_Q[lang]
+                frames = [f for f in frames if done or "{v1}" not in f]
+                questions.append(_fill_lay(rng, rng.choice(frames), lang, said, done, g))
+            for q in questions:
+                case = T.condition_case(rng, rec)
+                if case is None:  # no symptoms to describe (high cholesterol): the answer is the overview
+                    continue
+                if rng.random() < 0.5:
+                    q = add_noise(rng, q, lang)
+                msgs = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
+                answer = case[0][1]
+                msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
+                out.append({"messages": msgs, "lang": lang, "kind": "routing",
+                            "supervise_chars": _supervised(answer, [rec["name"]], OPENING_CHARS[lang] // 2)})
     return out
 
 
@@ -147,3 +213,45 @@ def join_streams(first, second):
         weights[offset] = 0.0
     return Stream(first.ids + second.ids, weights, first.starts + [offset + s for s in second.starts],
                   first.kinds + second.kinds)
+
+
+def context_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
+    """Named questions inside what users write around them (routing_frames.CONTEXT_PRE / CONTEXT_POST): their
+    situation, an age, a duration or dose, a remark after the question, or a second question about the same
+    record (answered: the first). The answer opens as the NAMED examples' do. Own seeded stream."""
+    from angelcli.tiny import corpus_templates_en, corpus_templates_zh
+    from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
+    from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
+    from angelcli.tiny.corpus_v4 import anchor
+
+    kb = kb or kb_for(5)
+    rng = random.Random(seed + 41)
+    out: list[dict] = []
+    for lang, T in (("en", corpus_templates_en), ("zh", corpus_templates_zh)):
+        sep = "" if lang == "zh" else " "
+        for kind, group in (("condition", "conditions"), ("symptom", "symptoms"), ("medicine", "medicines")):
+            for rec in kb[lang][group]:
+                names = [rec["name"], *rec.get("aka", [])]
+                intents = [i for (k, i) in NAMED[lang] if k == kind]
+                for _ in range(PER_CONTEXT):
+                    name, intent = rng.choice(names), rng.choice(intents)
+                    pre = rng.choice(CONTEXT_PRE[lang][kind] if rng.random() < 0.7 else CONTEXT_PRE[lang]["any"])
+                    q = _fill(rng, rng.choice(NAMED[lang][(kind, intent)]), name, lang)
+                    if "{n}" in pre and rng.random() < 0.3:  # the name is in the context: the question refers back
+                        q = q.replace(name, rng.choice(["it", "this"] if lang == "en" else ["这个", "这病"]), 1)
+                    pre = _fill(rng, pre, name, lang).replace("{a}", str(rng.randint(2, 88)))
+                    pre = pre.replace("{d}", str(rng.randint(2, 30)))
+                    roll = rng.random()
+                    if roll < 0.35:  # a second question about the same record
+                        other = rng.choice([i for i in intents if i != intent] or intents)
+                        second = _fill(rng, rng.choice(NAMED[lang][(kind, other)]), name, lang)
+                        q += sep + ("And " + second[:1].lower() + second[1:] if lang == "en" else "还有，" + second)
+                    elif roll < 0.7:
+                        q += sep + rng.choice(CONTEXT_POST[lang])
+                    q = pre + sep + q
+                    a = dedupe_reply(anchor(record_answer(rng, T, kind, rec, intent), name, lang, rec["name"]))
+                    msgs = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
+                    msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                    out.append({"messages": msgs, "lang": lang, "kind": "routing",
+                                "supervise_chars": _supervised(a, names, OPENING_CHARS[lang])})
+    return out

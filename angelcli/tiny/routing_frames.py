@@ -10,6 +10,9 @@ NAMED:  the name inside one sentence ("What triggers {n}?").
 LEAD / FOLLOW: two sentences, the name in the first and the intent in the second ("My {who} has {n}." +
 "What should we watch out for?"), the order users write when they start with their situation.
 CASE: symptom descriptions that name no record ("{s}" is two or three of the record's symptoms).
+LAY_Q / THEY_Q / GUESS_Q: the same in everyday words (routing_lay.py): "{s1}".."{s3}" first-person clauses ("it
+stings when I pee"), "{v1}", "{v2}" third-person verb phrases ("keeps getting up at night to pee"), "{g}" the
+name a worried patient guesses ("a water infection"; "{g}" in GUESS_ADJ_Q is an adjective such as "anaemic").
 """
 
 from __future__ import annotations
@@ -231,4 +234,68 @@ TRIAGE = {
            "Is {n} an emergency?", "What to do in case of {n}?", "How do I know if it's {n}?"],
     "zh": ["{n}有什么表现？", "{n}怎么急救？", "遇到{n}该怎么办？", "怎么判断是不是{n}？", "{n}第一步该做什么？",
            "家里人{n}了怎么办？", "{n}要马上去医院吗？"],
+}
+
+LAY_Q = {
+    "en": ["{S1} and {s2}. What's going on?", "{S1}, {s2} and {s3}. What could this be?",
+           "Lately {s1} and {s2}. What might be wrong with me?", "For a few days now {s1}. Also {s2}. Should I worry?",
+           "{S1}. On top of that {s2}. Any idea what it is?", "Why is it that {s1} and {s2}?",
+           "{S1} and {s2}. What is it, and what can I do about it?", "Help: {s1}, and {s2}. What does that mean?",
+           "Since last week {s1} and {s2}. Do I need a doctor?", "{S1}. {S2}. What's happening to me?"],
+    "zh": ["最近{s1}，还{s2}，是怎么回事？", "我{s1}，{s2}，是什么病？", "这几天{s1}，{s2}，要紧吗？",
+           "{s1}，{s2}，这是什么原因？", "{s1}，而且{s2}，该怎么办？", "一段时间以来{s1}，{s2}，需要看医生吗？",
+           "我{who}{s1}，而且{s2}，会是什么问题？", "{s1}，又{s2}，可能是什么病？"],
+}
+
+THEY_Q = {
+    "en": ["My {who} {v1} and {v2}. What could it be?", "Lately my {who} {v1}, and {v2}. Should we see a doctor?",
+           "My {who} {v1}, and also {v2}. What's wrong?", "I'm worried: my {who} {v1} and {v2}. Is it serious?",
+           "Our {who} {v1} and {v2}. What might cause that?"],
+}
+
+GUESS_Q = {
+    "en": ["{S1} and {s2}. Could it be {g}?", "{S1}. Do you think it's {g}?", "{S1} and {s2}. Is this {g}?",
+           "My {who} {v1} and {v2}. Could it be {g}?", "{S1}, and {s2}. Might that be {g}?",
+           "{S1}. Could this be {g}, and what should I do?"],
+    "zh": ["{s1}，{s2}，是不是{g}？", "我{s1}，会不会是{g}？", "最近{s1}，{s2}，是{g}吗？",
+           "我{who}{s1}，还{s2}，是不是{g}了？", "{s1}，{s2}，难道是{g}？"],
+}
+
+GUESS_ADJ_Q = {  # "{g}" an adjective ("anaemic", "diabetic")
+    "en": ["{S1} and {s2}. Could I be {g}?", "{S1}. Am I {g}?", "{S1}, and {s2}. Do you think I'm {g}?",
+           "My {who} {v1}. Could they be {g}?"],
+}
+
+# Context around a named question (routing_data.context_samples): users write their situation, ages, doses and
+# durations, a second question, or a remark. Numbers matter: without them in context, a question with "39 C" or
+# "72" pulled the model towards the code-lookup answers ("A03 is ..."). "{n}" the name, "{a}" an age, "{d}" a
+# small count, "{who}" a family member.
+CONTEXT_PRE = {
+    "en": {
+        "condition": ["My doctor says I have {n}.", "I was diagnosed with {n} {d} months ago.", "I'm {a} and I have {n}.",
+                      "My {who} is {a} and has had {n} for years.", "They told me at the clinic it's {n}.",
+                      "I've read a lot about {n} online and I'm confused.", "My {who} was just told it's {n}."],
+        "symptom": ["I've had {n} for {d} days now.", "I'm {a}.", "My {who} is {a} and has {n}.",
+                    "It started {d} days ago.", "I've had {n} on and off for {d} weeks."],
+        "medicine": ["I started {n} {d} days ago.", "My doctor put me on {n}.", "I'm {a} and I take {n} every day.",
+                     "My {who} is {a} and was given {n}.", "I've been taking {n} for {d} weeks.",
+                     "The pharmacy gave me {n}."],
+        "any": ["Quick question.", "Sorry if this is a silly question.", "I'm {a}.", "My {who} is {a}.",
+                "We live far from a hospital.", "I don't want to waste the doctor's time."],
+    },
+    "zh": {
+        "condition": ["医生说我是{n}，", "我{a}岁，查出{n}，", "我{who}{a}岁了，有{n}好几年了，", "体检查出{n}，",
+                      "我{who}刚被诊断为{n}，", "{n}{d}个月了，"],
+        "symptom": ["我{a}岁，", "{n}{d}天了，", "我{who}{a}岁，{n}，", "这{d}天一直{n}，"],
+        "medicine": ["我吃{n}{d}天了，", "医生给我开了{n}，", "我{who}{a}岁了，每天吃{n}，", "刚开始吃{n}，",
+                     "药店给我拿了{n}，"],
+        "any": ["问一下，", "我{a}岁，", "我{who}{a}岁了，", "不好意思打扰一下，"],
+    },
+}
+
+CONTEXT_POST = {
+    "en": ["He says it's nothing.", "She doesn't want to bother the doctor.", "I'm a bit worried.",
+           "Is that normal?", "Any advice would help.", "We're trying to avoid the hospital if we can.",
+           "I'd rather not take more tablets than I need.", "Thanks in advance."],
+    "zh": ["他说没事。", "她不想去医院。", "有点担心。", "正常吗？", "麻烦告诉我一下。", "谢谢医生。", "能不吃药吗？"],
 }

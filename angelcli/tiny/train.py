@@ -58,6 +58,7 @@ class TrainSettings:
     # routing examples (angelcli/tiny/routing_data.py): many more wordings per question, supervised on the
     # answer's opening that names the record; False trains on the corpus alone (the v5 model, 1,400 steps)
     routing: bool = True
+    lay: bool = False  # with routing: everyday-word symptom descriptions and questions in context too
     probe: bool = True  # answer the demo questions at the end and record how many stay on topic
 
 
@@ -137,7 +138,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     if settings.routing:
         from angelcli.tiny.routing_data import join_streams, routing_samples, routing_stream
 
-        routing = routing_stream(tok, routing_samples(settings.seed), settings.prompt_loss_weight)
+        routing = routing_stream(tok, routing_samples(settings.seed, lay=settings.lay), settings.prompt_loss_weight)
         log(f"angel-tiny: {len(routing.starts):,} routing examples ({len(routing.ids):,} tokens)")
         train = join_streams(routing, train)
     held_out = conversation_stream(tok, eval_samples)
