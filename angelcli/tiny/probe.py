@@ -14,10 +14,9 @@ of probe_blind.jsonl.
 
 from __future__ import annotations
 
-import json
 import re
 
-from angelcli.data import MEDICAL_DIR, load_prompt_rows
+from angelcli.data import MEDICAL_DIR, _load_jsonl, load_prompt_rows
 
 load_topic_probes = load_prompt_rows  # [{"prompt", "lang", "topic": [words]}] for every built-in demo question
 
@@ -32,7 +31,7 @@ BLIND_FILE = MEDICAL_DIR / "probe_blind.jsonl"
 
 
 def _rows(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [dict(row) for row in _load_jsonl(path)]
 
 
 def load_heldout_probes() -> list[dict]:

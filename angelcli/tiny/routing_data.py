@@ -41,7 +41,7 @@ KIND_WEIGHT = 0.45  # chance of a training row starting at a routing example, re
 
 
 def _fill(rng: random.Random, frame: str, name: str, lang: str) -> str:
-    text = frame.replace("{N}", name[:1].upper() + name[1:]).replace("{n}", name)
+    text = frame.replace("{N}", _cap(name)).replace("{n}", name)
     return text.replace("{who}", rng.choice(WHO[lang]))
 
 
@@ -54,6 +54,16 @@ def _supervised(answer: str, names: list[str], extra: int) -> int:
 
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
+
+
+def _example(rng: random.Random, lang: str, question: str, answer: str, names: list[str], extra: int) -> dict:
+    """One routing example: half of them after the default system block, supervised through the first of
+    `names` in the answer plus `extra` characters."""
+    from angelcli.tiny.corpus import SYSTEM_PROMPT
+
+    msgs = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
+    msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": msgs, "lang": lang, "kind": "routing", "supervise_chars": _supervised(answer, names, extra)}
 
 
 def _fill_lay(rng: random.Random, frame: str, lang: str, said: list[str], done: list[str], guess: str = "") -> str:
@@ -77,7 +87,7 @@ def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True) -> 
     descriptions of lay_samples and the questions in context of context_samples (lay=False: the previous
     angel-tiny's examples). kb: corpus.kb_for(5) by default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
-    from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
+    from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
     from angelcli.tiny.corpus_v4 import add_noise, anchor
 
@@ -88,11 +98,7 @@ def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True) -> 
     def add(lang: str, question: str, answer: str, names: list[str], extra: int) -> None:
         if rng.random() < 0.5:
             question = add_noise(rng, question, lang)
-        msgs = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
-        answer = dedupe_reply(answer)
-        msgs += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        out.append({"messages": msgs, "lang": lang, "kind": "routing",
-                    "supervise_chars": _supervised(answer, names, extra)})
+        out.append(_example(rng, lang, question, dedupe_reply(answer), names, extra))
 
     for lang, T in (("en", corpus_templates_en), ("zh", corpus_templates_zh)):
         for kind, group in (("condition", "conditions"), ("symptom", "symptoms"), ("medicine", "medicines")):
@@ -118,14 +124,14 @@ def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True) -> 
                         if not turns:
                             break
                         s = (T.join_en if lang == "en" else T.join_zh)(T.case_symptoms(rng, rec))
-                        frame = rng.choice(CASE[lang]).replace("{S}", s[:1].upper() + s[1:]).replace("{s}", s)
+                        frame = rng.choice(CASE[lang]).replace("{S}", _cap(s)).replace("{s}", s)
                         q = _fill(rng, frame, "", lang)
                         add(lang, q, turns[0][1], [rec["name"]], OPENING_CHARS[lang] // 2)
         for item in kb[lang]["triage"]:
             names = next((v for k, v in TRIAGE_NAMES[lang].items() if item["q"][0].startswith(k)), None)
             for _ in range(PER_TRIAGE if names else 0):
                 q = _fill(rng, rng.choice(TRIAGE[lang]), rng.choice(names), lang)
-                add(lang, q[:1].upper() + q[1:], item["a"], [], OPENING_CHARS[lang])
+                add(lang, _cap(q), item["a"], [], OPENING_CHARS[lang])
     return out + (lay_samples(seed, kb) + context_samples(seed, kb) if lay else [])
 
 
@@ -136,7 +142,7 @@ def lay_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
     languages. The knowledge base lists symptoms in clinical words, so CASE examples alone never show these.
     Own seeded stream: the examples before them are unchanged."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
-    from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
+    from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.corpus_v4 import add_noise
     from angelcli.tiny.routing_lay import LAY_I, LAY_NAMES, LAY_THEY
 
@@ -157,15 +163,11 @@ def lay_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
                 questions.append(_fill_lay(rng, rng.choice(frames), lang, said, done, g))
             for q in questions:
                 case = T.condition_case(rng, rec)
-                if case is None:  # no symptoms to describe (high cholesterol): the answer is the overview
+                if case is None:  # too few symptoms for a case answer (high cholesterol): no example
                     continue
                 if rng.random() < 0.5:
                     q = add_noise(rng, q, lang)
-                msgs = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
-                answer = case[0][1]
-                msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
-                out.append({"messages": msgs, "lang": lang, "kind": "routing",
-                            "supervise_chars": _supervised(answer, [rec["name"]], OPENING_CHARS[lang] // 2)})
+                out.append(_example(rng, lang, q, case[0][1], [rec["name"]], OPENING_CHARS[lang] // 2))
     return out
 
 
@@ -220,7 +222,7 @@ def context_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
     situation, an age, a duration or dose, a remark after the question, or a second question about the same
     record (answered: the first). The answer opens as the NAMED examples' do. Own seeded stream."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
-    from angelcli.tiny.corpus import SYSTEM_PROMPT, kb_for
+    from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
     from angelcli.tiny.corpus_v4 import anchor
 
@@ -250,8 +252,5 @@ def context_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
                         q += sep + rng.choice(CONTEXT_POST[lang])
                     q = pre + sep + q
                     a = dedupe_reply(anchor(record_answer(rng, T, kind, rec, intent), name, lang, rec["name"]))
-                    msgs = [{"role": "system", "content": SYSTEM_PROMPT}] if rng.random() < 0.5 else []
-                    msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
-                    out.append({"messages": msgs, "lang": lang, "kind": "routing",
-                                "supervise_chars": _supervised(a, names, OPENING_CHARS[lang])})
+                    out.append(_example(rng, lang, q, a, names, OPENING_CHARS[lang]))
     return out
