@@ -119,12 +119,14 @@ def pick_dtype(dtype: str, device: str, backend: str = "torch"):
 
 def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
                  max_seq_len: int | None = None, progress: bool = False, tp: int = 1, kv_tokens: int | None = None,
-                 _tp=None, use_draft: bool | None = False, draft: str | None = None, draft_k: int = 3) -> Runtime:
+                 _tp=None, use_draft: bool | None = False, draft: str | None = None, draft_k: int = 3,
+                 draft_topk: int | None = None, draft_tokens: int | None = None) -> Runtime:
     """tp: tensor-parallel degree (processes launched here; rank r uses cuda:r). kv_tokens: KV budget of the
     triton backend (default: the planner's on CUDA). _tp: set inside a worker (engine/tp.py).
     use_draft: False = plain decoding (the default for library callers); None = speculative decoding when the
     model has an EAGLE3 draft attached (what `generate` and `chat` pass by default); True = require one.
-    draft: a draft directory or store name for this run (angelcli/eagle/attach.py)."""
+    draft: a draft directory or store name for this run (angelcli/eagle/attach.py); draft_k / draft_topk /
+    draft_tokens: the draft's depth and tree shape (None = the defaults of eagle/speculative.py)."""
     from angelcli.engine import Engine
     from angelcli.loader import load_model
     from angelcli.resolve import resolve_model
@@ -177,7 +179,7 @@ def open_runtime(model: str | None, *, device: str = "auto", dtype: str = "auto"
 
         try:
             rt.draft_dir = enable_draft(engine, model_dir, use_draft=use_draft, draft=draft, k=draft_k,
-                                        model_spec=model)
+                                        model_spec=model, topk=draft_topk, draft_tokens=draft_tokens)
         except BaseException:
             rt.close()
             raise

@@ -143,11 +143,11 @@ def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tin
     prompts = ["What are common symptoms of type 2 diabetes?", "晚上总是睡不着有什么办法？"]
     plain, spec = Engine(model, cfg), Engine(model, cfg)
     assert attach_draft(spec, TINY_DIR, required=True) is not None
-    drafted = accepted = 0
+    passes = tokens = 0
     for q in prompts:
         ids = encode(tok, render_chat(tok, build_messages(q)))
         want = [s.token_id for s in plain.generate(ids, params)]
         got = [s.token_id for s in spec.generate(ids, params)]
         assert got == want, q
-        drafted, accepted = drafted + spec.last_stats.drafted, accepted + spec.last_stats.accepted
-    assert drafted and accepted / drafted > 0.4  # the shipped draft: about 0.6-0.8 per position (docs/eagle3.md)
+        passes, tokens = passes + spec.last_stats.verify_passes, tokens + spec.last_stats.round_tokens
+    assert passes and tokens / passes > 2.0  # tokens per target pass: 2.86 with the default tree (docs/eagle3.md)

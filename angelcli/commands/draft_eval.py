@@ -16,7 +16,11 @@ def torch_threads() -> int:
 def draft_eval(
     model: Optional[str] = typer.Argument(None, envvar="ANGEL_MODEL", help="Target: path, store name or alias (default: angel-tiny)."),
     draft: Optional[str] = typer.Option(None, "--draft", help="Draft directory or store name (default: the attached one)."),
-    k: int = typer.Option(3, "--k", help="Draft tokens per verification."),
+    k: int = typer.Option(3, "--k", help="Draft depth: draft tokens per verification along one path."),
+    topk: int = typer.Option(4, "--topk", envvar="ANGEL_DRAFT_TOPK",
+                             help="Candidates per draft node: > 1 drafts a tree (greedy), 1 = a chain."),
+    draft_tokens: Optional[int] = typer.Option(None, "--draft-tokens", envvar="ANGEL_DRAFT_TOKENS",
+                                               help="Tree nodes verified per target pass (default 8 at --k 3)."),
     data: str = typer.Option("medical", "--data", help="Held-out prompts: medical | PATH | random."),
     prompts: int = typer.Option(32, "--prompts", help="Number of held-out prompts."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
@@ -34,10 +38,12 @@ def draft_eval(
 
     tau = tokens per target pass (bonus included), per-position acceptance, target passes per token and
     wall-clock speedup against plain decoding (plain and speculative tokens/s measured alternately in the
-    same run), on held-out prompts.
+    same run), on held-out prompts. Greedy runs draft a tree (--topk candidates per node, --draft-tokens
+    nodes verified in one target pass, EAGLE-2's dynamic tree); --topk 1 measures the chain.
 
     Examples:
       angel draft-eval --k 3
+      angel draft-eval --k 3 --topk 1          # the chain: one candidate per depth
       angel draft-eval antangelmed --draft ./drafts/med --prompts 64 --json
     """
     from angelcli.console import emit_json
@@ -50,6 +56,8 @@ def draft_eval(
 
     if k < 1:
         raise UsageError(f"--k must be >= 1, got {k}")
+    if topk < 1:
+        raise UsageError(f"--topk must be >= 1, got {topk}")
     if prompts < 1:
         raise UsageError(f"--prompts must be >= 1, got {prompts}")
     if max_new_tokens < 1:
@@ -58,7 +66,8 @@ def draft_eval(
         import torch
 
         torch.set_num_threads(threads)
-    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, use_draft=True, draft=draft, draft_k=k)
+    rt = open_runtime(model, device=device, dtype=dtype, backend=backend, use_draft=True, draft=draft, draft_k=k,
+                      draft_topk=topk, draft_tokens=draft_tokens)
     tok = rt.tokenizer if data != "random" else None
     ids = eval_prompts(tok, data, prompts, seed=seed, vocab_size=rt.cfg.vocab_size)
     report = eval_draft(rt, rt.engine, ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -73,7 +82,8 @@ def draft_eval(
         import sys
 
         per = ", ".join("-" if a is None else f"{a:.2f}" for a in report["per_position_acceptance"])
-        sys.stdout.write(f"tau {report['tau']} at k={report['k']} on {report['prompts']} prompt(s); per-position "
+        shape = f" (tree: top-{report['topk']}, {report['draft_tokens']} nodes)" if report["topk"] > 1 else " (chain)"
+        sys.stdout.write(f"tau {report['tau']} at k={report['k']}{shape} on {report['prompts']} prompt(s); per-position "
                          f"acceptance [{per}]; {report['target_passes_per_token']} target passes per token; "
                          f"speedup {report['speedup']}x ({report['plain_tokens_per_s']} -> "
                          f"{report['speculative_tokens_per_s']} tok/s)\n")

@@ -31,11 +31,17 @@ def generate(
     draft: Optional[bool] = typer.Option(None, "--draft/--no-draft",
                                          help="Speculative decoding with the model's EAGLE3 draft "
                                               "(default: on when one is attached and measured faster on "
-                                              "this device; on CPU angel-tiny's draft measured 0.8x, so "
-                                              "angel-tiny decodes plainly there)."),
+                                              "this device; on CPU angel-tiny's draft measured 0.67x "
+                                              "(tau 3.1: a verification pass costs several plain steps "
+                                              "there), so angel-tiny decodes plainly on a CPU)."),
     draft_path: Optional[str] = typer.Option(None, "--draft-path", envvar="ANGEL_DRAFT",
                                              help="Speculate with this draft directory or store name."),
-    draft_k: int = typer.Option(3, "--draft-k", envvar="ANGEL_DRAFT_K", help="Draft tokens per target pass."),
+    draft_k: int = typer.Option(3, "--draft-k", envvar="ANGEL_DRAFT_K", help="Draft depth per target pass."),
+    draft_topk: int = typer.Option(4, "--draft-topk", envvar="ANGEL_DRAFT_TOPK",
+                                   help="Draft candidates per node: > 1 verifies a tree (greedy, one prompt at "
+                                        "a time), 1 a chain."),
+    draft_tokens: Optional[int] = typer.Option(None, "--draft-tokens", envvar="ANGEL_DRAFT_TOKENS",
+                                               help="Tree nodes verified per target pass (default 8 at k 3)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON result (always on with --batch)."),
 ) -> None:
     """Generate a reply to a prompt, messages, token ids or a batch file.
@@ -60,6 +66,8 @@ def generate(
         raise UsageError(f"--logprobs must be between 0 and 20, got {logprobs}")
     if draft_k < 1:
         raise UsageError(f"--draft-k must be >= 1, got {draft_k}")
+    if draft_topk < 1:
+        raise UsageError(f"--draft-topk must be >= 1, got {draft_topk}")
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
                             seed=seed, logprobs=logprobs)
     if batch is not None:
@@ -82,7 +90,8 @@ def generate(
         _run_batch_file(None, entries, params, batch_size, batch)
         return
     rt = open_runtime(model, device=device, dtype=dtype, backend=backend, max_seq_len=max_seq_len, tp=tp,
-                      use_draft=draft, draft=draft_path, draft_k=draft_k)
+                      use_draft=draft, draft=draft_path, draft_k=draft_k,
+                      draft_topk=draft_topk, draft_tokens=draft_tokens)
     try:
         if batch is not None:
             _run_batch_file(rt, entries, params, batch_size, batch)

@@ -15,7 +15,7 @@ By default (neither --draft nor --no-draft) a run speculates only where that is 
 angel-draft.json may carry `measured.<cpu|cuda>` from `angel draft-eval --record`, and its speedup must be
 above 1; without a record a CUDA run speculates (EAGLE3's regime: decode is memory-bound, so verifying k+1
 tokens costs about one step) and a CPU run decodes plainly (a small model on a CPU is compute-bound, where
-verification costs ~k+1 steps; angel-tiny's draft measured 0.8x there).
+verification costs several steps; angel-tiny's draft measured 0.67x there, tau 3.14 as a tree).
 `enable_draft` / `attach_draft` give an engine its speculator (Runtime.attach_draft, open_runtime(use_draft=...));
 the engine itself never imports this package.
 """
@@ -258,19 +258,20 @@ def record_measurement(draft_dir: Path, report: dict) -> None:
 
     p = Path(draft_dir) / ANGEL_META
     meta = json.loads(p.read_text())
-    keep = ("k", "prompts", "max_new_tokens", "tau", "plain_tokens_per_s", "speculative_tokens_per_s", "speedup",
+    keep = ("k", "topk", "draft_tokens", "prompts", "max_new_tokens", "tau", "plain_tokens_per_s", "speculative_tokens_per_s", "speedup",
             "dtype", "threads")
     meta.setdefault("measured", {})[device_kind(report["device"])] = {k: report.get(k) for k in keep}
     atomic_write_json(p, meta)
 
 
 def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str | None = None, k: int = 3,
-                 model_spec: str | None = None) -> Path | None:
+                 model_spec: str | None = None, topk: int | None = None, draft_tokens: int | None = None) -> Path | None:
     """Give `engine` a speculator for the run's draft (engine.speculator); returns the draft directory or None.
 
     use_draft None = the recorded draft if any, True = a draft is required, False = none. An explicitly
     requested draft (--draft, --draft-path) that fails its checks is an error; an attached one used by
-    default only warns and decodes plainly, so a stale attachment never breaks `generate` or `chat`."""
+    default only warns and decodes plainly, so a stale attachment never breaks `generate` or `chat`.
+    topk / draft_tokens: the draft tree's shape (None = DEFAULT_TOPK and its default node count)."""
     from angelcli.console import log, warn
 
     if draft is not None and use_draft is False:
@@ -293,7 +294,7 @@ def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str 
     import torch
 
     from angelcli.eagle.export import load_draft, read_meta
-    from angelcli.eagle.speculative import SpeculativeEngine
+    from angelcli.eagle.speculative import DEFAULT_TOPK, SpeculativeEngine
 
     try:
         check_draft(engine.cfg, draft_dir)
@@ -315,7 +316,8 @@ def enable_draft(engine, model_dir: Path, *, use_draft: bool | None, draft: str 
     dtype = engine.dtype if engine.dtype.is_floating_point else torch.bfloat16
     d = load_draft(draft_dir, dtype=dtype, device=engine.device, target_num_layers=engine.cfg.num_hidden_layers)
     d.set_embedding(engine.model.model.word_embeddings)
-    engine.speculator = SpeculativeEngine(engine, d, k=k)
+    engine.speculator = SpeculativeEngine(engine, d, k=k, topk=DEFAULT_TOPK if topk is None else topk,
+                                          draft_tokens=draft_tokens)
     return draft_dir
 
 

@@ -3,8 +3,11 @@
 Reported (greedy unless --temperature):
     tau                      mean acceptance length = tokens per target verification pass, bonus included
                              (vLLM's "mean acceptance length"; SGLang's accept_length per verification)
+    topk, draft_tokens       the draft's shape: a tree of draft_tokens nodes with topk candidates per node
+                             (greedy; eagle/tree.py), or the chain (topk 1, draft_tokens = k)
     per_position_acceptance  alpha_j = P(draft token j accepted | tokens before it accepted), j = 0..k-1
-    acceptance_rate          accepted draft tokens / proposed draft tokens
+                             (a tree: some candidate at depth j+1 accepted)
+    acceptance_rate          accepted draft tokens / proposed draft tokens (a tree proposes draft_tokens)
     target_passes_per_token  (prefill + verification passes) / generated tokens; plain decoding is 1.0
     speedup                  wall-clock time of plain decoding / time of speculative decoding, same prompts,
                              same budget, run alternately on the same engine
@@ -62,7 +65,8 @@ def eval_draft(rt, engine, prompts: list[list[int]], *, max_new_tokens: int = 12
             bar.advance(1, note=f"tau {tau:.2f}")
     verify = passes - len(prompts)
     report = {
-        "k": k, "prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
+        "k": k, "topk": spec_engine.last_stats.topk, "draft_tokens": spec_engine.last_stats.draft_tokens,
+        "prompts": len(prompts), "max_new_tokens": max_new_tokens, "temperature": temperature,
         "generated_tokens": n_spec,
         "tau": round(round_tokens / verify, 4) if verify else None,
         "per_position_acceptance": [round(a / r, 4) if r else None for a, r in zip(acc_at, reached)],
@@ -75,7 +79,7 @@ def eval_draft(rt, engine, prompts: list[list[int]], *, max_new_tokens: int = 12
         "mismatches": mismatches,
         "device": rt.device, "dtype": rt.dtype,
     }
-    log(f"tau {report['tau']} at k={k}; per position {report['per_position_acceptance']}; "
+    log(f"tau {report['tau']} at k={k} (topk {report['topk']}, {report['draft_tokens']} draft tokens); per position {report['per_position_acceptance']}; "
         f"{report['target_passes_per_token']} target passes per token; plain {report['plain_tokens_per_s']} tok/s, "
         f"speculative {report['speculative_tokens_per_s']} tok/s: speedup {report['speedup']}x")
     return report

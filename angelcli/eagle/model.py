@@ -193,10 +193,11 @@ class DraftAttention(nn.Module):
         self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
         self.scale = self.hd**-0.5
 
-    def forward(self, u, cos, sin, cache=None, ttt_kv=None):
+    def forward(self, u, cos, sin, cache=None, ttt_kv=None, mask=None):
         """u [B, T, 2H] -> [B, T, H].
 
-        cache: a KVCache with one layer (inference); attention is causal over everything cached.
+        cache: a KVCache with one layer (inference); attention is causal over everything cached, or follows
+        `mask` [T, S] bool (True = visible; S = cached + T) where given (tree drafting, eagle/tree.py).
         ttt_kv: training-time test state, a list of (k, v) per earlier unrolled step (training); the query at
         (step s, position t) sees step-0 keys at positions <= t and the keys of steps 1..s at t only.
         """
@@ -216,7 +217,8 @@ class DraftAttention(nn.Module):
                 cache.advance(T)
             # One fused call (the draft's decode step is mostly per-op overhead on small models); a single
             # new token sees every cached key, so it needs no mask.
-            mask = None if T == 1 else torch.ones(T, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
+            if mask is None and T > 1:
+                mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=u.device).tril(diagonal=past)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=rep > 1)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.nh * self.hd))
 
@@ -246,9 +248,9 @@ class DraftLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, emb, hidden, cos, sin, cache=None, ttt_kv=None):
+    def forward(self, emb, hidden, cos, sin, cache=None, ttt_kv=None, mask=None):
         u = torch.cat([self.input_layernorm(emb), self.hidden_norm(hidden)], dim=-1)
-        h = hidden + self.self_attn(u, cos, sin, cache, ttt_kv)  # residual = the un-normed hidden
+        h = hidden + self.self_attn(u, cos, sin, cache, ttt_kv, mask)  # residual = the un-normed hidden
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -312,12 +314,13 @@ class Eagle3Draft(nn.Module):
         return self.fc(aux)
 
     def forward(self, ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor, cache=None, ttt_kv=None,
-                head: bool = True):
+                head: bool = True, mask: torch.Tensor | None = None):
         """One draft step. ids [B, T] (the *next* tokens), hidden [B, T, H] (fused or recurrent),
-        positions [B, T] -> (draft logits [B, T, Vd] fp32, or None when head=False; pre-norm hidden [B, T, H])."""
+        positions [B, T], mask [T, S] or None (causal) -> (draft logits [B, T, Vd] fp32, or None when
+        head=False; pre-norm hidden [B, T, H])."""
         emb = self.embed(ids).to(hidden.dtype)
         cos, sin = self.rope(positions, hidden.dtype)
-        h = self.midlayer(emb, hidden, cos, sin, cache, ttt_kv)
+        h = self.midlayer(emb, hidden, cos, sin, cache, ttt_kv, mask)
         return (self.logits(h) if head else None), h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

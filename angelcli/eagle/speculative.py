@@ -28,16 +28,26 @@ from typing import Iterator
 
 import torch
 
+from angelcli.eagle.tree import TreeView, greedy_walk, propose_tree, tree_mask, tree_supported
 from angelcli.engine.engine import GenerationStats, StepOutput
 from angelcli.engine.sampling import SamplingParams, filter_logits, make_generator, step_logprobs
 from angelcli.errors import UsageError
 
 DEFAULT_K = 3
+DEFAULT_TOPK = 4  # tree drafting in `generate`, `chat`, `serve` and `draft-eval` (eagle/tree.py)
+
+
+def default_draft_tokens(k: int, topk: int) -> int:
+    """Tree nodes verified per round unless --draft-tokens says: 8 at k = 3 (SGLang's usual shape),
+    2k + 2 for deeper trees; the chain's k when topk is 1."""
+    return k if topk == 1 else min(max(8, 2 * k + 2), topk + (k - 1) * topk * topk)
 
 
 @dataclass
 class SpecStats(GenerationStats):
     k: int = 0
+    topk: int = 1  # > 1: the rounds drafted trees of draft_tokens nodes
+    draft_tokens: int = 0
     verify_passes: int = 0  # target forwards after the prefill
     round_tokens: int = 0  # tokens those passes produced (accepted drafts + one each)
     drafted: int = 0
@@ -56,7 +66,8 @@ class SpecStats(GenerationStats):
     def to_dict(self) -> dict:
         d = super().to_dict()
         d["speculative"] = {
-            "k": self.k, "mean_acceptance_length": round(self.mean_acceptance_length, 4),
+            "k": self.k, "topk": self.topk, "draft_tokens": self.draft_tokens,
+            "mean_acceptance_length": round(self.mean_acceptance_length, 4),
             "verify_passes": self.verify_passes, "drafted": self.drafted, "accepted": self.accepted,
             "per_position_acceptance": [round(x, 4) for x in self.per_position()],
         }
@@ -200,14 +211,25 @@ class SpeculativeEngine:
     delegates here once a draft is attached (Engine.attach_draft); generate() has the same contract and
     its SpecStats land in the engine's last_stats too. Other attributes read through to the engine."""
 
-    def __init__(self, engine, drafter, k: int = DEFAULT_K):
+    def __init__(self, engine, drafter, k: int = DEFAULT_K, topk: int = 1, draft_tokens: int | None = None):
+        """k: draft depth per verification. topk > 1: greedy single-sequence rounds draft a tree (eagle/tree.py)
+        with `topk` candidates per node and the `draft_tokens` best nodes verified (default_draft_tokens);
+        topk 1 is the chain."""
         if k < 1:
             raise UsageError("--k must be >= 1 (draft tokens per verification)")
+        if topk < 1:
+            raise UsageError(f"--draft-topk must be >= 1, got {topk}")
+        most = topk + (k - 1) * topk * topk  # every node a depth-k expansion scores
+        n = draft_tokens if draft_tokens is not None else default_draft_tokens(k, topk)
+        if topk > 1 and not k <= n <= most:
+            raise UsageError(f"--draft-tokens must be in {k}..{most} for a depth-{k} tree with {topk} candidates "
+                             f"per node, got {n}")
         from angelcli.eagle.model import Eagle3Draft
 
         if isinstance(drafter, Eagle3Draft):
             drafter = Eagle3Drafter(drafter)
         self.base, self.drafter, self.k = engine, drafter, k
+        self.topk, self.draft_tokens = topk, (n if topk > 1 else k)
         self.last_stats = SpecStats(k=k)
 
     def __getattr__(self, name):
@@ -224,7 +246,7 @@ class SpeculativeEngine:
                 gen) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (tokens [B, j], target logits [B, j, V]) as they are decided; at most `budget` tokens."""
         B, T = prompts.shape
-        cache = self.base.new_cache(B, T + budget + 1)
+        cache = self.base.new_cache(B, T + budget + 1 + self.draft_tokens)  # a tree writes all its nodes first
         try:
             yield from self._decode(cache, prompts, params, budget, stats, gen)
         finally:
@@ -239,9 +261,25 @@ class SpeculativeEngine:
         first = self._choose(logits, params, gen)
         yield first[:, None], logits[:, None]
         produced, last = 1, first
-        self.drafter.start(prompts, feats, first, T + budget + 1)
+        extra = self.k * self.topk if self.topk > 1 else 0  # the draft's tree entries until commit
+        self.drafter.start(prompts, feats, first, T + budget + 1 + extra)
+        tree = self.topk > 1 and params.greedy and isinstance(self.drafter, Eagle3Drafter) and tree_supported(cache)
+        stats.topk, stats.draft_tokens = (self.topk, self.draft_tokens) if tree else (1, self.k)
         while produced < budget:
             kk = min(self.k, budget - produced - 1)
+            if tree and kk:
+                m, emitted, kept, drafted = self._tree_round(cache, last, kk)
+                stats.verify_passes += 1
+                stats.round_tokens += m + 1
+                stats.drafted += drafted
+                stats.accepted += m
+                for j in range(kk):
+                    stats.reached[j] += int(m >= j)
+                    stats.accepted_at[j] += int(m > j)
+                produced += m + 1
+                last = emitted[:, -1]
+                yield emitted, kept
+                continue
             draft, q = self.drafter.propose(kk, params, gen)
             logits, feats = self._forward(torch.cat([last[:, None], draft], 1), cache, last_only=False)
             if params.greedy:
@@ -265,6 +303,22 @@ class SpeculativeEngine:
             produced += m + 1
             last = y
             yield emitted, logits[:, : m + 1]
+
+    def _tree_round(self, cache, last: torch.Tensor, kk: int):
+        """One greedy tree round for one row -> (accepted m, emitted [1, m+1], target logits of the emitted
+        tokens [1, m+1, V], tree nodes verified)."""
+        n = min(self.draft_tokens, self.topk + (kk - 1) * self.topk * self.topk)
+        t = propose_tree(self.drafter, kk, self.topk, max(n, kk))
+        past = cache.seq_len
+        view = TreeView(cache, [0, *t.depths], tree_mask(t.parents, cache.device))
+        logits, feats = self._forward(torch.cat([last, t.tokens])[None], view, last_only=False)
+        best = logits[0].argmax(-1)
+        path = greedy_walk(t.parents, t.tokens.tolist(), best.tolist())
+        keep = [0, *(p + 1 for p in path)]
+        cache.compact(past, keep)
+        emitted = torch.cat([t.tokens[path], best[keep[-1]][None]])[None]
+        self.drafter.commit(feats[:, keep] if feats is not None else None, emitted)
+        return len(path), emitted, logits[:, keep], len(t.parents)
 
     @staticmethod
     def _choose(logits: torch.Tensor, params: SamplingParams, gen) -> torch.Tensor:

@@ -86,6 +86,18 @@ class KVCache(RowLengths):
         for s in self.sel:
             self.lens[s] -= n
 
+    def compact(self, start: int, keep: list[int]) -> None:
+        """Keep the tokens at start + keep[i] (keep ascending) at start + i and forget everything after them:
+        tree verification (eagle/tree.py) wrote a whole tree from `start` and accepts one path of it.
+        One-row or equal-length contiguous caches only."""
+        if self.is_ragged:
+            raise ValueError("compact needs a contiguous cache with rows of equal length")
+        if keep != list(range(len(keep))):  # a path straight down the first slots needs no copy
+            idx = torch.tensor(keep, device=self.device) + start
+            for t in (*self.k, *self.v):
+                t.narrow(2, start, len(keep)).copy_(t.index_select(2, idx))
+        self.trim(self.seq_len - start - len(keep))
+
     def reset(self) -> None:
         for s in self.sel:
             self.lens[s] = 0
