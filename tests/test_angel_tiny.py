@@ -86,12 +86,20 @@ def test_answers_the_question_asked(tiny):
     for q in {*DEMO_QUESTIONS, "What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"}:
         assert by_prompt[q]["on_topic"] and by_prompt[q]["closed"], by_prompt[q]
         assert len(by_prompt[q]["answer"]) >= 20  # a real answer, not an immediate stop
+    # the README demo's answers by content, not only by topic word: a retrained candidate that regresses them
+    # (issue 17: the insomnia answer listed causes, not remedies) is rejected here
+    # (the shipped model still repeats "反复感染" in its answer to 二型糖尿病有哪些常见症状？, docs/angel-tiny.md)
+    assert not any(by_prompt[q]["repeats"] for q in DEMO_QUESTIONS), [by_prompt[q] for q in DEMO_QUESTIONS]
+    diabetes, insomnia = (by_prompt[q]["answer"] for q in DEMO_QUESTIONS)
+    assert sum(w in diabetes.lower() for w in ("urin", "thirst", "tired", "vision", "heal", "infection", "weight")) >= 3
+    assert sum(w in insomnia for w in ("固定时间", "卧室", "咖啡", "手机", "睡前", "放松", "起床")) >= 3
     off = [(a["prompt"], a["answer"][:80]) for a in report["answers"] if not a["on_topic"]]
     demo, heldout, blind = report["sets"]["demo"], report["sets"]["heldout"], report["sets"]["blind"]
     assert demo["on_topic"] >= PROBE_BOUND * demo["total"], off
     assert heldout["on_topic"] >= HELDOUT_PROBE_BOUND * heldout["total"], off
     assert blind["on_topic"] >= BLIND_PROBE_BOUND * blind["total"], off
     assert sum(a["closed"] for a in report["answers"]) >= 0.8 * report["total"]
+    assert sum(bool(a["repeats"]) for a in report["answers"]) <= 0.1 * report["total"]
 
 
 def test_training_smoke_lowers_the_loss(tmp_path):
@@ -151,3 +159,11 @@ def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tin
         assert got == want, q
         passes, tokens = passes + spec.last_stats.verify_passes, tokens + spec.last_stats.round_tokens
     assert passes and tokens / passes > 2.0  # tokens per target pass: 2.86 with the default tree (docs/eagle3.md)
+
+
+def test_repeated_items_finds_list_items_said_twice():
+    from angelcli.tiny.probe import repeated_items
+
+    assert repeated_items("Symptoms:\n- Tiredness\n- Thirst\n- tiredness.\n\nTiredness is common.") == ["tiredness."]
+    assert repeated_items("1. 口渴\n2) 反复感染\n（3）反复感染\n- 口渴、喝水多") == ["反复感染"]
+    assert repeated_items("- a b\n- ab?\n* c") == ["ab?"] and repeated_items("no list at all\nno list at all") == []

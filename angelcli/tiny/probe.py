@@ -8,6 +8,8 @@ questions appears in any corpus split, so this measures answering, not recall of
 
     report = topic_probe(model, cfg, tok)     -> {"on_topic": n, "total": m, "rate": n/m,
                                                   "sets": {"demo": {...}, "heldout": {...}}, "answers": [...]}
+Each answer also says whether it closed its turn and which list items it repeats (repeated_items); each set
+counts its answers with a repeated item ("repeating").
 By default the probe asks the demo questions, the held-out phrasings of probe_heldout.jsonl and the blind set
 of probe_blind.jsonl.
 """
@@ -60,6 +62,24 @@ def is_on_topic(answer: str, topic: list[str]) -> bool:
                for w in topic)
 
 
+_ITEM = re.compile(r"^\s*(?:[-*•·]|\d+[.)、]|[(（]\d+[)）])\s*(.+?)\s*$")
+
+
+def repeated_items(answer: str) -> list[str]:
+    """List items (lines led by -, *, •, 1. or (1)) that repeat an earlier item of the same answer, compared
+    without case, spaces and punctuation: the "- Tiredness ... - Tiredness" failure of issue 17."""
+    seen, repeats = set(), []
+    for line in answer.splitlines():
+        m = _ITEM.match(line)
+        if not m:
+            continue
+        key = re.sub(r"[\W_]+", "", m.group(1).lower())
+        if key in seen:
+            repeats.append(m.group(1))
+        seen.add(key)
+    return repeats
+
+
 def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | None = None) -> dict:
     """Greedy answers to the demo questions with the torch engine on `model` (left in eval mode)."""
     from angelcli.engine import Engine, SamplingParams
@@ -82,14 +102,15 @@ def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | 
     for p, ids, done in zip(probes, tokens, closed):
         text = tok.decode(ids)
         answers.append({"prompt": p["prompt"], "lang": p.get("lang"), "on_topic": is_on_topic(text, p["topic"]),
-                        "closed": done, "answer": text})
+                        "closed": done, "repeats": repeated_items(text), "answer": text})
     hits = sum(a["on_topic"] for a in answers)
     sets = {}
     for p, a in zip(probes, answers):
         a["set"] = p.get("set", "demo")
-        row = sets.setdefault(a["set"], {"on_topic": 0, "total": 0, "closed": 0})
+        row = sets.setdefault(a["set"], {"on_topic": 0, "total": 0, "closed": 0, "repeating": 0})
         row["on_topic"] += a["on_topic"]
         row["total"] += 1
         row["closed"] += a["closed"]
+        row["repeating"] += bool(a["repeats"])
     return {"on_topic": hits, "total": len(answers), "rate": hits / max(1, len(answers)), "sets": sets,
             "answers": answers}
