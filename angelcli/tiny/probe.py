@@ -30,6 +30,11 @@ HELDOUT_FILE = MEDICAL_DIR / "probe_heldout.jsonl"
 # and two questions in one, closer to what users type. The held-out phrasings above have been read by the
 # sessions that wrote routing frames, so this set is the less biased measure (docs/angel-tiny.md).
 BLIND_FILE = MEDICAL_DIR / "probe_blind.jsonl"
+# A second blind set, written the same way after the first had been read by a tuning session, and kept out of
+# the default probe and out of view: whoever tunes angel-tiny measures a final candidate on it with
+# `python -m angelcli.tiny.probe MODEL --set fresh` (counts only; --answers prints the answers, and with them
+# the questions, which makes the set no longer blind to whoever reads them).
+FRESH_FILE = MEDICAL_DIR / "probe_fresh.jsonl"
 
 
 def _rows(path) -> list[dict]:
@@ -44,6 +49,11 @@ def load_heldout_probes() -> list[dict]:
 def load_blind_probes() -> list[dict]:
     """The blind set, rows like load_topic_probes'."""
     return _rows(BLIND_FILE)
+
+
+def load_fresh_probes() -> list[dict]:
+    """The second blind set (not part of extended_probes), rows like load_topic_probes'."""
+    return _rows(FRESH_FILE)
 
 
 def extended_probes() -> list[dict]:
@@ -114,3 +124,35 @@ def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | 
         row["repeating"] += bool(a["repeats"])
     return {"on_topic": hits, "total": len(answers), "rate": hits / max(1, len(answers)), "sets": sets,
             "answers": answers}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m angelcli.tiny.probe MODEL [--set all|fresh] [--answers]: per-set counts as JSON on stdout."""
+    import argparse
+    import json
+    import sys
+
+    import torch
+
+    from angelcli.loader import load_model
+    from angelcli.tokenizer import load_tokenizer
+
+    ap = argparse.ArgumentParser(prog="python -m angelcli.tiny.probe")
+    ap.add_argument("model")
+    ap.add_argument("--set", choices=("all", "fresh"), default="all",
+                    help="all = demo, held-out and blind sets (what tiny-train reports); fresh = the second blind set")
+    ap.add_argument("--answers", action="store_true", help="also print every question and answer")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    model, cfg, _ = load_model(a.model, dtype=torch.float32)
+    rows = [dict(r, set="fresh") for r in load_fresh_probes()] if a.set == "fresh" else None
+    report = topic_probe(model, cfg, load_tokenizer(a.model), probes=rows)
+    if not a.answers:
+        report = {k: v for k, v in report.items() if k != "answers"}
+    json.dump(report, sys.stdout, ensure_ascii=False, indent=1)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
