@@ -52,6 +52,35 @@ def test_rows_start_at_conversation_starts_and_eval_rows_do_not_overlap(tok):
     assert all(b >= a + 64 for a, b in zip(firsts, firsts[1:]))
 
 
+
+def test_question_noise_touches_only_questions_and_keeps_the_rows(tok):
+    """--question-noise: only users' tokens are replaced (by other question tokens) and left unscored; the rows
+    drawn are exactly those of a run without noise; p = 0 changes nothing."""
+    from angelcli.data import load_split
+    from angelcli.tiny.train_data import batches, conversation_stream, question_mask
+
+    mask = question_mask(conversation_stream(tok, [{"messages": CONV}]).ids,
+                         tok.convert_tokens_to_ids(["<role>", "HUMAN", "</role>"]), tok.convert_tokens_to_ids("<|role_end|>"))
+    s = conversation_stream(tok, [{"messages": CONV}])
+    assert tok.decode([i for i, m in zip(s.ids, mask) if m]) == "What is gout?Is it painful?"
+    s = conversation_stream(tok, load_split("eval")[:60], prompt_weight=0.1)
+    mask = question_mask(s.ids, tok.convert_tokens_to_ids(["<role>", "HUMAN", "</role>"]),
+                         tok.convert_tokens_to_ids("<|role_end|>"))
+    pool = {t for t, m in zip(s.ids, mask) if m}
+    clean = batches(s, 8, 128, torch.Generator().manual_seed(0))
+    noisy = batches(s, 8, 128, torch.Generator().manual_seed(0), noise=(mask, 0.3, 5))
+    off = batches(s, 8, 128, torch.Generator().manual_seed(0), noise=(mask, 0.0, 5))
+    changed = 0
+    for _ in range(3):
+        (x, w), (nx, nw), (ox, ow) = next(clean), next(noisy), next(off)
+        assert torch.equal(x, ox) and torch.equal(w, ow)
+        diff, unscored = nx != x, nw != w  # (a token may be drawn to replace itself: unscored, not changed)
+        changed += int(diff.sum())
+        assert bool((nw[diff] == 0).all()) and bool((nw[unscored] == 0).all())
+        assert all(int(t) in pool for t in nx[diff])
+        assert bool((w[diff | unscored] < 1).all())  # never an answer token
+    assert changed > 50
+
 def _small_model():
     from angelcli.config import ModelConfig
     from angelcli.fixtures import tiny_config

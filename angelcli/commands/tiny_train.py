@@ -27,6 +27,9 @@ def tiny_train(
                              "words (\"it stings when I pee\"), some ending with the patient's guess, and named "
                              "questions in context (ages, doses, a second question); not yet in the shipped "
                              "angel-tiny."),
+    question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
+                                         "training question by a random question token (robustness to new "
+                                         "wordings); 0 = the shipped model's rows."),
 ) -> None:
     """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~28 min on 2 cores.
 
@@ -55,10 +58,13 @@ def tiny_train(
     dest = out or TINY_DIR
     if prompt_loss_weight is not None and not 0 <= prompt_loss_weight <= 1:
         raise UsageError("--prompt-loss-weight must be between 0 and 1")
+    if not 0 <= question_noise < 1:
+        raise UsageError("--question-noise must be in [0, 1)")
     extra = {"steps": steps} if steps else {}
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
-    settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, **extra)
+    settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, question_noise=question_noise,
+                             **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
     elif corpus_version in VARIANTS and corpus_version >= 2:  # v1 only seeds the tokenizer's vocabulary

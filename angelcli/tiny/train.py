@@ -59,6 +59,9 @@ class TrainSettings:
     # answer's opening that names the record; False trains on the corpus alone (the v5 model, 1,400 steps)
     routing: bool = True
     lay: bool = False  # with routing: everyday-word symptom descriptions and questions in context too
+    # chance of replacing each question token of a training row by a random question token (train_data.batches):
+    # new wordings are known wordings with some words the model has not seen there; 0 = the shipped model's rows
+    question_noise: float = 0.0
     probe: bool = True  # answer the demo questions at the end and record how many stay on topic
 
 
@@ -167,7 +170,13 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
                           "eval": len(held_out.ids)},
                "untrained_eval": untrained, "steps": [], "evals": []}
     gen = torch.Generator().manual_seed(settings.seed + 1)
-    rows = batches(train, settings.batch, settings.seq_len, gen, settings.kind_weights)
+    noise = None
+    if settings.question_noise > 0:
+        from angelcli.tiny.train_data import question_mask
+
+        opener = tok.convert_tokens_to_ids(["<role>", "HUMAN", "</role>"])
+        noise = (question_mask(train.ids, opener, special["<|role_end|>"]), settings.question_noise, settings.seed + 2)
+    rows = batches(train, settings.batch, settings.seq_len, gen, settings.kind_weights, noise)
     t0 = time.time()
     for step in range(1, settings.steps + 1):
         lr = _lr(step, settings)

@@ -52,10 +52,31 @@ def row_starts(stream: Stream, seq_len: int) -> list[int]:
     return [s for s in stream.starts if s + seq_len + 1 <= len(stream.ids)]
 
 
-def batches(stream: Stream, batch: int, seq_len: int, generator, kind_weights: dict[str, float] | None = None):
+def question_mask(ids: list[int], opener: list[int], end: int) -> list[bool]:
+    """True for the tokens of users' messages: after each `opener` run (<role> HUMAN </role>) up to the next
+    `end` (<|role_end|>), exclusive."""
+    out = [False] * len(ids)
+    n, inside = len(opener), False
+    for j, t in enumerate(ids):
+        if inside:
+            if t == end:
+                inside = False
+            else:
+                out[j] = True
+        elif t == opener[-1] and ids[max(0, j - n + 1) : j + 1] == opener:
+            inside = True
+    return out
+
+
+def batches(stream: Stream, batch: int, seq_len: int, generator, kind_weights: dict[str, float] | None = None,
+            noise: tuple[list[bool], float, int] | None = None):
     """Endless (x [B, L+1] int64, w [B, L+1] fp32) rows, each starting at a random conversation start and
     running on into the following conversations (packing, no padding). kind_weights: relative chance of a row
-    starting at a conversation of that kind (default 1.0), e.g. fewer rows led by ICD-10 code lookups."""
+    starting at a conversation of that kind (default 1.0), e.g. fewer rows led by ICD-10 code lookups.
+
+    noise (question_mask over the stream, p, seed): each question token of a row is replaced, with chance p,
+    by a token drawn from all question tokens of the stream (a word the model has not seen there), and is not
+    scored; drawn from its own generator, so the rows picked are those of a run without noise."""
     import torch
 
     ids = torch.tensor(stream.ids, dtype=torch.long)
@@ -67,10 +88,19 @@ def batches(stream: Stream, batch: int, seq_len: int, generator, kind_weights: d
     starts = torch.tensor(usable, dtype=torch.long)
     chance = torch.tensor([(kind_weights or {}).get(kind_of[s], 1.0) for s in usable], dtype=torch.float64)
     offsets = torch.arange(seq_len + 1)
+    if noise is not None:
+        asked = torch.tensor(noise[0], dtype=torch.bool)
+        pool = ids[asked]
+        noise_gen = torch.Generator().manual_seed(noise[2])
     while True:
         pick = starts[torch.multinomial(chance, batch, replacement=True, generator=generator)]
         index = pick[:, None] + offsets[None]  # [B, L+1]
-        yield ids[index], weights[index]
+        x, w = ids[index], weights[index]
+        if noise is not None and noise[1] > 0:
+            hit = asked[index] & (torch.rand(index.shape, generator=noise_gen) < noise[1])
+            x = torch.where(hit, pool[torch.randint(len(pool), index.shape, generator=noise_gen)], x)
+            w = torch.where(hit, torch.zeros_like(w), w)
+        yield x, w
 
 
 def eval_rows(stream: Stream, seq_len: int, max_rows: int | None = None):
