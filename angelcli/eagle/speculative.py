@@ -38,7 +38,7 @@ DEFAULT_TOPK = 4  # tree drafting in `generate`, `chat`, `serve` and `draft-eval
 
 
 def default_draft_tokens(k: int, topk: int) -> int:
-    """Tree nodes verified per round unless --draft-tokens says: 8 at k = 3 (SGLang's usual shape),
+    """Tree nodes verified per round unless --draft-tokens says: 8 at k = 3 (SGLang's default node count),
     2k + 2 for deeper trees; the chain's k when topk is 1."""
     return k if topk == 1 else min(max(8, 2 * k + 2), topk + (k - 1) * topk * topk)
 
