@@ -23,6 +23,19 @@ def tiny_ckpt(tmp_path_factory):
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny matmuls (`pytestmark = pytest.mark.usefixtures("one_thread")`): they gain nothing
+    from intra-op threads, and on a busy 2-core machine spinning OpenMP workers make every op ~10x slower.
+    Restored after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ANGEL_HOME", str(tmp_path / "angel-home"))

@@ -13,14 +13,7 @@ from angelcli.eagle.model import (DraftConfig, Eagle3Draft, build_vocab_map, che
 from angelcli.errors import CheckFailed, UsageError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine spinning OpenMP
-    workers make every op ~10x slower; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 class Result:

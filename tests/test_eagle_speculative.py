@@ -14,14 +14,7 @@ from angelcli.engine import Engine, SamplingParams
 from angelcli.loader import load_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices gain nothing from intra-op threads, and on a busy 2-core machine spinning OpenMP
-    workers make every op ~10x slower; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 @pytest.fixture(scope="module")

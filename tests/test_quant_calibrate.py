@@ -21,12 +21,7 @@ TEXTS = ["Patients with type 2 diabetes often report thirst, frequent urination 
          "糖尿病患者常见口渴、多尿和乏力。", "胸痛向手臂放射时请立即就医。"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 @pytest.fixture(scope="module")

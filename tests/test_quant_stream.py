@@ -18,12 +18,7 @@ EDGE = dict(hidden_size=192, intermediate_size=320, moe_intermediate_size=160,
             moe_shared_expert_intermediate_size=160, num_attention_heads=4, num_key_value_heads=2, head_dim=48)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: extra threads only add contention on small CI machines
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread
 
 
 @pytest.fixture(scope="module")

@@ -258,8 +258,8 @@ def record_measurement(draft_dir: Path, report: dict) -> None:
 
     p = Path(draft_dir) / ANGEL_META
     meta = json.loads(p.read_text())
-    keep = ("k", "topk", "draft_tokens", "prompts", "max_new_tokens", "tau", "plain_tokens_per_s", "speculative_tokens_per_s", "speedup",
-            "dtype", "threads")
+    keep = ("k", "topk", "draft_tokens", "prompts", "max_new_tokens", "tau", "plain_tokens_per_s",
+            "speculative_tokens_per_s", "speedup", "dtype", "threads")
     meta.setdefault("measured", {})[device_kind(report["device"])] = {k: report.get(k) for k in keep}
     atomic_write_json(p, meta)
 

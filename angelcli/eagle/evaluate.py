@@ -79,7 +79,8 @@ def eval_draft(rt, engine, prompts: list[list[int]], *, max_new_tokens: int = 12
         "mismatches": mismatches,
         "device": rt.device, "dtype": rt.dtype,
     }
-    log(f"tau {report['tau']} at k={k} (topk {report['topk']}, {report['draft_tokens']} draft tokens); per position {report['per_position_acceptance']}; "
-        f"{report['target_passes_per_token']} target passes per token; plain {report['plain_tokens_per_s']} tok/s, "
-        f"speculative {report['speculative_tokens_per_s']} tok/s: speedup {report['speedup']}x")
+    log(f"tau {report['tau']} at k={k} (topk {report['topk']}, {report['draft_tokens']} draft tokens); "
+        f"per position {report['per_position_acceptance']}; {report['target_passes_per_token']} target passes per "
+        f"token; plain {report['plain_tokens_per_s']} tok/s, speculative {report['speculative_tokens_per_s']} tok/s: "
+        f"speedup {report['speedup']}x")
     return report

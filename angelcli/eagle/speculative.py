@@ -28,7 +28,7 @@ from typing import Iterator
 
 import torch
 
-from angelcli.eagle.tree import TreeView, greedy_walk, propose_tree, tree_mask, tree_supported
+from angelcli.eagle.tree import TreeView, greedy_walk, propose_tree, tree_capacity, tree_mask, tree_supported
 from angelcli.engine.engine import GenerationStats, StepOutput
 from angelcli.engine.sampling import SamplingParams, filter_logits, make_generator, step_logprobs
 from angelcli.errors import UsageError
@@ -40,7 +40,7 @@ DEFAULT_TOPK = 4  # tree drafting in `generate`, `chat`, `serve` and `draft-eval
 def default_draft_tokens(k: int, topk: int) -> int:
     """Tree nodes verified per round unless --draft-tokens says: 8 at k = 3 (SGLang's default node count),
     2k + 2 for deeper trees; the chain's k when topk is 1."""
-    return k if topk == 1 else min(max(8, 2 * k + 2), topk + (k - 1) * topk * topk)
+    return k if topk == 1 else min(max(8, 2 * k + 2), tree_capacity(k, topk))
 
 
 @dataclass
@@ -219,7 +219,7 @@ class SpeculativeEngine:
             raise UsageError("--k must be >= 1 (draft tokens per verification)")
         if topk < 1:
             raise UsageError(f"--draft-topk must be >= 1, got {topk}")
-        most = topk + (k - 1) * topk * topk  # every node a depth-k expansion scores
+        most = tree_capacity(k, topk)
         n = draft_tokens if draft_tokens is not None else default_draft_tokens(k, topk)
         if topk > 1 and not k <= n <= most:
             raise UsageError(f"--draft-tokens must be in {k}..{most} for a depth-{k} tree with {topk} candidates "
@@ -268,47 +268,43 @@ class SpeculativeEngine:
         while produced < budget:
             kk = min(self.k, budget - produced - 1)
             if tree and kk:
-                m, emitted, kept, drafted = self._tree_round(cache, last, kk)
-                stats.verify_passes += 1
-                stats.round_tokens += m + 1
-                stats.drafted += drafted
-                stats.accepted += m
-                for j in range(kk):
-                    stats.reached[j] += int(m >= j)
-                    stats.accepted_at[j] += int(m > j)
-                produced += m + 1
-                last = emitted[:, -1]
-                yield emitted, kept
-                continue
-            draft, q = self.drafter.propose(kk, params, gen)
-            logits, feats = self._forward(torch.cat([last[:, None], draft], 1), cache, last_only=False)
-            if params.greedy:
-                m_rows, best = greedy_accept(logits, draft)
-                m = int(m_rows.min())
-                y = best[:, m]
+                m_rows, emitted, kept, drafted = self._tree_round(cache, last, kk)
             else:
-                m_rows, y_rows = rejection_verify(target_probs(logits, params), draft, q, gen)
-                m = int(m_rows.min())
-                y = torch.where(m_rows > m, draft[:, min(m, kk - 1)] if kk else y_rows, y_rows)
-            cache.trim(kk - m)
-            emitted = torch.cat([draft[:, :m], y[:, None]], 1)
-            self.drafter.commit(feats[:, : m + 1] if feats is not None else None, emitted)
+                m_rows, emitted, kept, drafted = self._chain_round(cache, last, kk, params, gen)
+            m = emitted.shape[1] - 1
             stats.verify_passes += 1
             stats.round_tokens += m + 1
-            stats.drafted += kk
+            stats.drafted += drafted
             stats.accepted += m
             for j in range(kk):  # per-position verification outcomes of every row give alpha_j
                 stats.reached[j] += int((m_rows >= j).sum())
                 stats.accepted_at[j] += int((m_rows > j).sum())
             produced += m + 1
-            last = y
-            yield emitted, logits[:, : m + 1]
+            last = emitted[:, -1]
+            yield emitted, kept
+
+    def _chain_round(self, cache, last: torch.Tensor, kk: int, params: SamplingParams, gen):
+        """One chain round for the batch -> (accepted per row m_rows [B], emitted [B, m+1] with m = min(m_rows),
+        target logits of the emitted tokens [B, m+1, V], draft tokens verified)."""
+        draft, q = self.drafter.propose(kk, params, gen)
+        logits, feats = self._forward(torch.cat([last[:, None], draft], 1), cache, last_only=False)
+        if params.greedy:
+            m_rows, best = greedy_accept(logits, draft)
+            m = int(m_rows.min())
+            y = best[:, m]
+        else:
+            m_rows, y_rows = rejection_verify(target_probs(logits, params), draft, q, gen)
+            m = int(m_rows.min())
+            y = torch.where(m_rows > m, draft[:, min(m, kk - 1)] if kk else y_rows, y_rows)
+        cache.trim(kk - m)
+        emitted = torch.cat([draft[:, :m], y[:, None]], 1)
+        self.drafter.commit(feats[:, : m + 1] if feats is not None else None, emitted)
+        return m_rows, emitted, logits[:, : m + 1], kk
 
     def _tree_round(self, cache, last: torch.Tensor, kk: int):
-        """One greedy tree round for one row -> (accepted m, emitted [1, m+1], target logits of the emitted
-        tokens [1, m+1, V], tree nodes verified)."""
-        n = min(self.draft_tokens, self.topk + (kk - 1) * self.topk * self.topk)
-        t = propose_tree(self.drafter, kk, self.topk, max(n, kk))
+        """One greedy tree round for one row -> (accepted m as a [1] tensor, emitted [1, m+1], target logits
+        of the emitted tokens [1, m+1, V], tree nodes verified)."""
+        t = propose_tree(self.drafter, kk, self.topk, min(self.draft_tokens, tree_capacity(kk, self.topk)))
         past = cache.seq_len
         view = TreeView(cache, [0, *t.depths], tree_mask(t.parents, cache.device))
         logits, feats = self._forward(torch.cat([last, t.tokens])[None], view, last_only=False)
@@ -318,7 +314,7 @@ class SpeculativeEngine:
         cache.compact(past, keep)
         emitted = torch.cat([t.tokens[path], best[keep[-1]][None]])[None]
         self.drafter.commit(feats[:, keep] if feats is not None else None, emitted)
-        return len(path), emitted, logits[:, keep], len(t.parents)
+        return torch.tensor([len(path)]), emitted, logits[:, keep], len(t.parents)
 
     @staticmethod
     def _choose(logits: torch.Tensor, params: SamplingParams, gen) -> torch.Tensor:

@@ -38,6 +38,12 @@ class DraftTree:
     fed: int  # speculative entries the expansion appended to the draft cache
 
 
+def tree_capacity(k: int, topk: int) -> int:
+    """Nodes a depth-k expansion scores: topk at depth 1, then topk children of each of the topk beam nodes
+    at every further depth."""
+    return topk + (k - 1) * topk * topk
+
+
 def tree_mask(parents: list[int], device=None) -> torch.Tensor:
     """[N+1, N+1] bool with the root x at 0: row i sees column j iff j is i, an ancestor of i, or the root."""
     n = len(parents) + 1
