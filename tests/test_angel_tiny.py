@@ -128,6 +128,9 @@ def test_tiny_train_command_writes_a_loadable_checkpoint_and_reports(tmp_path, c
 
     code, out = run("tiny-train", "--steps", "0")
     assert code == 2 and "--steps" in out.err
+    for flag in ("--dropout", "--question-noise"):
+        code, out = run("tiny-train", flag, "1.5")
+        assert code == 2 and flag in out.err and "Traceback" not in out.err
     code, out = run("tiny-train", "--out", tmp_path / "t", "--steps", "2", "--json")
     assert code == 0, out.err
     summary = json.loads(out.out)

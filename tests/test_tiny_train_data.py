@@ -96,6 +96,35 @@ def _small_model():
     return model, cfg
 
 
+def test_dropout_hooks_act_in_training_only():
+    """--dropout: the hooks drop residual-branch outputs in train mode (the training step's path), leave eval
+    mode exact, and removing them restores the model; the checkpoint's tensors are the same modules'."""
+    from angelcli.tiny.train import add_dropout
+
+    model, cfg = _small_model()
+    model.fast_inference = False  # the modules' forward, which the hooks wrap
+    x = torch.randint(0, cfg.vocab_size, (2, 12))
+    model.eval()
+    with torch.no_grad():
+        before = model(x).logits
+    handles = add_dropout(model, 0.3)
+    assert len(handles) == 2 * cfg.num_hidden_layers
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, before)
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        a = model(x).logits
+    torch.manual_seed(1)
+    with torch.no_grad():
+        b = model(x).logits
+    assert torch.equal(a, b) and not torch.allclose(a, before)  # seeded: reproducible, and it does drop
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, before)
+
+
 def test_weighted_loss_matches_full_logits_cross_entropy():
     from angelcli.tiny.train_data import weighted_loss
 

@@ -30,6 +30,9 @@ def tiny_train(
     question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
                                          "training question by a random question token (robustness to new "
                                          "wordings); 0 = the shipped model's rows."),
+    dropout: float = typer.Option(0.0, "--dropout", help="Dropout on every layer's attention and MLP/MoE output "
+                                  "while training (the model code and checkpoint are unchanged); 0 = the shipped "
+                                  "model."),
 ) -> None:
     """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~28 min on 2 cores.
 
@@ -60,11 +63,13 @@ def tiny_train(
         raise UsageError("--prompt-loss-weight must be between 0 and 1")
     if not 0 <= question_noise < 1:
         raise UsageError("--question-noise must be in [0, 1)")
+    if not 0 <= dropout < 1:
+        raise UsageError("--dropout must be in [0, 1)")
     extra = {"steps": steps} if steps else {}
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
     settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, question_noise=question_noise,
-                             **extra)
+                             dropout=dropout, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
     elif corpus_version in VARIANTS and corpus_version >= 2:  # v1 only seeds the tokenizer's vocabulary
