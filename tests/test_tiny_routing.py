@@ -49,11 +49,12 @@ def test_routing_samples_are_deterministic_and_cover_every_record(samples):
 
 def test_no_routing_question_is_a_probe_question(samples):
     from angelcli.tiny.probe import extended_probes, load_fresh_probes
+    from angelcli.tiny.routing_written import written_samples
 
     def norm(text: str) -> str:
         return re.sub(r"[\W_]+", " ", text).strip().casefold()
 
-    asked = {norm(_question(s)) for s in samples}
+    asked = {norm(_question(s)) for s in samples + written_samples(0)}
     probes = [norm(p["prompt"]) for p in extended_probes() + load_fresh_probes()]
     assert len(probes) == 100
     assert not [p for p in probes if any(p in q for q in asked)]
@@ -197,3 +198,54 @@ def test_routing_examples_are_the_ones_the_shipped_model_was_trained_on(samples)
     assert digest(samples[:5192]) == "9c0916fc513e7d1f29d93ccc1ddfa6844512264c67f0bbd32a78986f696286ad"
     assert len(samples) == 7010
     assert digest(samples) == "bb43eff6a8c6a9eab74e55a9ca3a440428f97f85b692434023c49ccbbe6a8058"
+
+
+def test_written_questions_name_their_record_and_cover_every_intent():
+    """routing_written.jsonl: every row belongs to a record of its language, its intent is one of the record
+    kind's (case only for conditions), and a named question contains the name it declares; every record is
+    asked about at least 10 times; no question is given twice."""
+    from angelcli.tiny.corpus import kb_for
+    from angelcli.tiny.routing_frames import NAMED
+    from angelcli.tiny.routing_written import load_written, record_index
+
+    rows = load_written()
+    index = record_index(kb_for(5))
+    per_record: dict = {}
+    for r in rows:
+        kind, rec = index[(r["lang"], r["record"])]
+        intents = {i for (k, i) in NAMED[r["lang"]] if k == kind} | ({"case"} if kind == "condition" else set())
+        assert r["intent"] in intents, r
+        assert (r["name"] == "") == (r["intent"] == "case") and r["name"] in r["q"], r
+        per_record[(r["lang"], r["record"])] = per_record.get((r["lang"], r["record"]), 0) + 1
+    assert set(per_record) == set(index) and min(per_record.values()) >= 10
+    assert len({(r["lang"], r["q"]) for r in rows}) == len(rows)
+
+
+def test_written_samples_anchor_on_the_name_as_written_and_supervise_the_opening(tok):
+    from angelcli.tiny.routing_data import routing_samples
+    from angelcli.tiny.routing_written import load_written, written_samples
+
+    rows = load_written()
+    ws = written_samples(0)
+    assert ws == written_samples(0) and ws != written_samples(1)
+    assert routing_samples(0, written=True) == routing_samples(0) + ws
+    by_q = {(s["lang"], _question(s)): s for s in ws}
+    cases = 0
+    for r in rows:
+        s = by_q.get((r["lang"], r["q"]))
+        if s is None:  # a case question about a record too thin for a case answer
+            assert r["intent"] == "case"
+            continue
+        answer = _answer(s)
+        if r["intent"] == "case":
+            cases += 1
+            assert r["record"].casefold() in answer[: s["supervise_chars"]].casefold(), (r, answer)
+        else:  # the name as the user wrote it is in the answer's first line (an anchor, unless the answer's
+            # own opening names it), and an anchor on another name bridges to the record's main name
+            head = answer.split("\n", 1)[0][:120].casefold()
+            assert r["name"].casefold() in head, (r, answer)
+            if head.startswith(r["name"].casefold() + " (") or head.startswith(r["name"].casefold() + "（"):
+                assert head[len(r["name"]) :].lstrip(" (（").startswith(r["record"].casefold()), (r, answer)
+            opening = answer[: s["supervise_chars"]].casefold()  # supervised through a name of the record
+            assert r["name"].casefold() in opening or r["record"].casefold() in opening, (r, opening)
+    assert cases > 100

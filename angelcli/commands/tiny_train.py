@@ -27,6 +27,9 @@ def tiny_train(
                              "words (\"it stings when I pee\"), some ending with the patient's guess, and named "
                              "questions in context (ages, doses, a second question); not yet in the shipped "
                              "angel-tiny."),
+    written: bool = typer.Option(False, "--written/--no-written", help="With --routing: add the freely written "
+                                 "questions (brand names, misspellings, long messages; angelcli/data/medical/"
+                                 "routing_written.jsonl); not yet in the shipped angel-tiny."),
     question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
                                          "training question by a random question token (robustness to new "
                                          "wordings); 0 = the shipped model's rows."),
@@ -68,7 +71,8 @@ def tiny_train(
     extra = {"steps": steps} if steps else {}
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
-    settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, question_noise=question_noise,
+    settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, written=written,
+                             question_noise=question_noise,
                              dropout=dropout, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output

@@ -81,11 +81,12 @@ def _is_adjective(name: str) -> bool:
     return " " not in name and name.islower() and name.endswith(("ic", "ed"))
 
 
-def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True) -> list[dict]:
+def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True, written: bool = False) -> list[dict]:
     """Routing examples for every condition, symptom and medicine record and every named emergency item
     (routing_frames.TRIAGE_NAMES) in both languages, in a fixed order; then (lay=True) the everyday-word
     descriptions of lay_samples and the questions in context of context_samples (lay=False: the previous
-    angel-tiny's examples). kb: corpus.kb_for(5) by default."""
+    angel-tiny's examples); then (written=True) the freely written questions of routing_written.py.
+    kb: corpus.kb_for(5) by default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
     from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
@@ -132,7 +133,12 @@ def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True) -> 
             for _ in range(PER_TRIAGE if names else 0):
                 q = _fill(rng, rng.choice(TRIAGE[lang]), rng.choice(names), lang)
                 add(lang, _cap(q), item["a"], [], OPENING_CHARS[lang])
-    return out + (lay_samples(seed, kb) + context_samples(seed, kb) if lay else [])
+    out += lay_samples(seed, kb) + context_samples(seed, kb) if lay else []
+    if written:
+        from angelcli.tiny.routing_written import written_samples
+
+        out += written_samples(seed, kb)
+    return out
 
 
 def lay_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:

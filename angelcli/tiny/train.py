@@ -59,6 +59,7 @@ class TrainSettings:
     # answer's opening that names the record; False trains on the corpus alone (the v5 model, 1,400 steps)
     routing: bool = True
     lay: bool = False  # with routing: everyday-word symptom descriptions and questions in context too
+    written: bool = False  # with routing: the freely written questions (routing_written.py)
     # chance of replacing each question token of a training row by a random question token (train_data.batches):
     # new wordings are known wordings with some words the model has not seen there; 0 = the shipped model's rows
     question_noise: float = 0.0
@@ -144,7 +145,8 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     if settings.routing:
         from angelcli.tiny.routing_data import join_streams, routing_samples, routing_stream
 
-        routing = routing_stream(tok, routing_samples(settings.seed, lay=settings.lay), settings.prompt_loss_weight)
+        samples = routing_samples(settings.seed, lay=settings.lay, written=settings.written)
+        routing = routing_stream(tok, samples, settings.prompt_loss_weight)
         log(f"angel-tiny: {len(routing.starts):,} routing examples ({len(routing.ids):,} tokens)")
         train = join_streams(routing, train)
     held_out = conversation_stream(tok, eval_samples)
