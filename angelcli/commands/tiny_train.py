@@ -46,6 +46,7 @@ def tiny_train(
     Examples:
       angel tiny-train --out /tmp/angel-tiny
       angel tiny-train --out /tmp/angel-tiny-lay --lay   (with everyday-word descriptions, ~28 min)
+      angel tiny-train --out /tmp/angel-tiny-w --written   (with the freely written questions, ~30 min)
       angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400   (the v5 model)
       angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100 --no-routing   (the v2 model)
     """
