@@ -133,7 +133,8 @@ def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True, wri
             for _ in range(PER_TRIAGE if names else 0):
                 q = _fill(rng, rng.choice(TRIAGE[lang]), rng.choice(names), lang)
                 add(lang, _cap(q), item["a"], [], OPENING_CHARS[lang])
-    out += lay_samples(seed, kb) + context_samples(seed, kb) if lay else []
+    if lay:
+        out += lay_samples(seed, kb) + context_samples(seed, kb)
     if written:
         from angelcli.tiny.routing_written import written_samples
 
