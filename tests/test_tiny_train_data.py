@@ -60,7 +60,8 @@ def test_question_noise_touches_only_questions_and_keeps_the_rows(tok):
     from angelcli.tiny.train_data import batches, conversation_stream, question_mask
 
     mask = question_mask(conversation_stream(tok, [{"messages": CONV}]).ids,
-                         tok.convert_tokens_to_ids(["<role>", "HUMAN", "</role>"]), tok.convert_tokens_to_ids("<|role_end|>"))
+                         tok.convert_tokens_to_ids(["<role>", "HUMAN", "</role>"]),
+                         tok.convert_tokens_to_ids("<|role_end|>"))
     s = conversation_stream(tok, [{"messages": CONV}])
     assert tok.decode([i for i, m in zip(s.ids, mask) if m]) == "What is gout?Is it painful?"
     s = conversation_stream(tok, load_split("eval")[:60], prompt_weight=0.1)

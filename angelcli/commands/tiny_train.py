@@ -73,8 +73,7 @@ def tiny_train(
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
     settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, written=written,
-                             question_noise=question_noise,
-                             dropout=dropout, **extra)
+                             question_noise=question_noise, dropout=dropout, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
     elif corpus_version in VARIANTS and corpus_version >= 2:  # v1 only seeds the tokenizer's vocabulary

@@ -37,6 +37,8 @@ PER_THEY = 4  # the same about a family member (routing_lay.LAY_THEY; English)
 PER_GUESS = {"en": 4, "zh": 4}  # descriptions that end with the patient's guess of the name
 PER_CONTEXT = 6  # named questions inside context (situation, ages, doses, a second question) per record
 OPENING_CHARS = {"en": 40, "zh": 14}  # answer characters supervised after the name
+# (record kind, knowledge-base group) in the order every builder walks them
+RECORD_GROUPS = (("condition", "conditions"), ("symptom", "symptoms"), ("medicine", "medicines"))
 KIND_WEIGHT = 0.45  # chance of a training row starting at a routing example, relative to a conversation's 1.0
 
 
@@ -102,7 +104,7 @@ def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True, wri
         out.append(_example(rng, lang, question, dedupe_reply(answer), names, extra))
 
     for lang, T in (("en", corpus_templates_en), ("zh", corpus_templates_zh)):
-        for kind, group in (("condition", "conditions"), ("symptom", "symptoms"), ("medicine", "medicines")):
+        for kind, group in RECORD_GROUPS:
             for rec in kb[lang][group]:
                 names = [rec["name"], *rec.get("aka", [])]
                 intents = [i for (k, i) in NAMED[lang] if k == kind]
@@ -238,7 +240,7 @@ def context_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
     out: list[dict] = []
     for lang, T in (("en", corpus_templates_en), ("zh", corpus_templates_zh)):
         sep = "" if lang == "zh" else " "
-        for kind, group in (("condition", "conditions"), ("symptom", "symptoms"), ("medicine", "medicines")):
+        for kind, group in RECORD_GROUPS:
             for rec in kb[lang][group]:
                 names = [rec["name"], *rec.get("aka", [])]
                 intents = [i for (k, i) in NAMED[lang] if k == kind]

@@ -25,7 +25,6 @@ import random
 from pathlib import Path
 
 WRITTEN_PATH = Path(__file__).resolve().parent.parent / "data" / "medical" / "routing_written.jsonl"
-GROUP_KIND = {"conditions": "condition", "symptoms": "symptom", "medicines": "medicine"}
 
 
 def load_written(path: Path = WRITTEN_PATH) -> list[dict]:
@@ -35,12 +34,14 @@ def load_written(path: Path = WRITTEN_PATH) -> list[dict]:
 
 def record_index(kb: dict) -> dict[tuple[str, str], tuple[str, dict]]:
     """(lang, main name) -> (kind, record) for every condition, symptom and medicine record."""
-    return {(lang, rec["name"]): (kind, rec) for lang in ("en", "zh") for group, kind in GROUP_KIND.items()
+    from angelcli.tiny.routing_data import RECORD_GROUPS
+
+    return {(lang, rec["name"]): (kind, rec) for lang in ("en", "zh") for kind, group in RECORD_GROUPS
             for rec in kb[lang][group]}
 
 
-def written_samples(seed: int = 0, kb: dict | None = None, rows: list[dict] | None = None) -> list[dict]:
-    """Routing examples for the written questions (rows: load_written() by default). kb: corpus.kb_for(5)."""
+def written_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
+    """Routing examples for the questions of load_written(), in file order. kb: corpus.kb_for(5) by default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
     from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
@@ -52,7 +53,7 @@ def written_samples(seed: int = 0, kb: dict | None = None, rows: list[dict] | No
     templates = {"en": corpus_templates_en, "zh": corpus_templates_zh}
     rng = random.Random(seed + 53)
     out: list[dict] = []
-    for row in load_written() if rows is None else rows:
+    for row in load_written():
         lang, q = row["lang"], row["q"]
         kind, rec = index[(lang, row["record"])]
         T = templates[lang]
