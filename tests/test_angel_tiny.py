@@ -128,10 +128,10 @@ def test_tiny_train_command_writes_a_loadable_checkpoint_and_reports(tmp_path, c
 
     code, out = run("tiny-train", "--steps", "0")
     assert code == 2 and "--steps" in out.err
-    for flag in ("--dropout", "--question-noise"):
-        code, out = run("tiny-train", flag, "1.5")
+    for flag, bad in (("--dropout", "1.5"), ("--question-noise", "1.5"), ("--routing-weight", "0")):
+        code, out = run("tiny-train", flag, bad)
         assert code == 2 and flag in out.err and "Traceback" not in out.err
-    code, out = run("tiny-train", "--out", tmp_path / "t", "--steps", "2", "--json")
+    code, out = run("tiny-train", "--out", tmp_path / "t", "--steps", "2", "--routing-weight", "0.3", "--json")
     assert code == 0, out.err
     summary = json.loads(out.out)
     assert summary["steps"] == 2 and summary["topic_probe"]["total"] >= 40
@@ -139,6 +139,8 @@ def test_tiny_train_command_writes_a_loadable_checkpoint_and_reports(tmp_path, c
     _, _, report = load_model(tmp_path / "t", dtype=torch.float32)
     assert report.ok
     assert not (tmp_path / "t.partial").exists()
+    kinds = json.loads((tmp_path / "t" / "training_log.json").read_text())["settings"]["kind_weights"]
+    assert kinds["routing"] == 0.3 and kinds["icd10"] == 0.25  # the other kinds keep their weights
 
 
 def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tiny):

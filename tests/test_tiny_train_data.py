@@ -207,19 +207,3 @@ def test_extended_probe_has_heldout_phrasings_apart_from_the_corpus():
         asked = {m["content"] for s in load_split(split) for m in s["messages"] if m["role"] == "user"}
         assert not questions & asked  # written apart from the corpus templates: never a training question
 
-
-def test_written_questions_take_rows_from_routing_not_from_the_corpus():
-    """tiny-train --written: the routing examples as a whole start as many rows as without the written questions
-    (the share of rows that train corpus answers stays that of the same recipe); nothing changes without them."""
-    from angelcli.tiny.train import TrainSettings, routing_kind_weights
-
-    base = TrainSettings().kind_weights
-    assert routing_kind_weights(base, 5192, 0) == base
-    weights = routing_kind_weights(base, 5192, 3919)
-    assert {k: v for k, v in weights.items() if k != "routing"} == {k: v for k, v in base.items() if k != "routing"}
-    conversations = 9000.0  # start weight of the corpus conversations
-    share = base["routing"] * 5192 / (base["routing"] * 5192 + conversations)
-    share_written = weights["routing"] * (5192 + 3919) / (weights["routing"] * (5192 + 3919) + conversations)
-    assert share_written == pytest.approx(share)
-    # without the scaling the written questions would take rows from the corpus
-    assert base["routing"] * 9111 / (base["routing"] * 9111 + conversations) > share + 0.1

@@ -59,8 +59,9 @@ class TrainSettings:
     # answer's opening that names the record; False trains on the corpus alone (the v5 model, 1,400 steps)
     routing: bool = True
     lay: bool = False  # with routing: everyday-word symptom descriptions and questions in context too
-    # with routing: the freely written questions (routing_written.py), in the rows of the routing examples
-    # (routing_kind_weights), not in the corpus's
+    # with routing: the freely written questions (routing_written.py). A row's start is drawn per example, so
+    # they add rows to the routing examples' share (shipped recipe 22%, with both rounds 33%) and take them from
+    # the corpus's answers; kind_weights["routing"] (tiny-train --routing-weight) sets the share
     written: bool = False
     # chance of replacing each question token of a training row by a random question token (train_data.batches):
     # new wordings are known wordings with some words the model has not seen there; 0 = the shipped model's rows
@@ -69,18 +70,6 @@ class TrainSettings:
     # training split (loss ~0.15 against ~0.49 held out); 0 = the shipped model
     dropout: float = 0.0
     probe: bool = True  # answer the demo questions at the end and record how many stay on topic
-
-
-def routing_kind_weights(kind_weights: dict, n_routing: int, n_written: int) -> dict:
-    """kind_weights with the routing weight scaled so that n_routing + n_written routing examples start as
-    many training rows as n_routing did: the written questions take rows from the template routing examples,
-    not from the corpus. Why: a row's start is drawn per example, so 3,919 written examples on top of 5,192
-    template ones raise the routing rows from 22% to 33% and the corpus answers lose a seventh of their rows;
-    every run that did so lost the README demo's answers (docs/angel-tiny.md)."""
-    if not n_written:
-        return dict(kind_weights)
-    routing = kind_weights.get("routing", 1.0) * n_routing / (n_routing + n_written)
-    return {**kind_weights, "routing": routing}
 
 
 def tokenize_split(tok, samples: list[dict]) -> list[int]:
@@ -156,18 +145,13 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
                            **{**TINY_CONFIG, **(model_overrides or {})})
     cfg = ModelConfig.from_dict(cfg_dict)
     train = conversation_stream(tok, train_samples, settings.prompt_loss_weight)
-    kind_weights = settings.kind_weights
     if settings.routing:
         from angelcli.tiny.routing_data import join_streams, routing_samples, routing_stream
-        from angelcli.tiny.routing_written import written_samples
 
-        samples = routing_samples(settings.seed, lay=settings.lay)
-        written = written_samples(settings.seed) if settings.written else []
-        kind_weights = routing_kind_weights(settings.kind_weights, len(samples), len(written))
-        samples += written
+        samples = routing_samples(settings.seed, lay=settings.lay, written=settings.written)
         routing = routing_stream(tok, samples, settings.prompt_loss_weight)
         log(f"angel-tiny: {len(routing.starts):,} routing examples ({len(routing.ids):,} tokens), "
-            f"row weight {kind_weights['routing']:.3f}")
+            f"row weight {settings.kind_weights.get('routing', 1.0):.3f}")
         train = join_streams(routing, train)
     held_out = conversation_stream(tok, eval_samples)
     log(f"angel-tiny: {len(train.ids):,} train tokens ({train.answer_tokens:,} in answers), "
@@ -195,7 +179,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     history = {"settings": asdict(settings), "config": {k: cfg_dict[k] for k in TINY_CONFIG},
                "tokens": {"train": len(train.ids), "train_answers": train.answer_tokens,
                           "eval": len(held_out.ids)},
-               "kind_weights": kind_weights, "untrained_eval": untrained, "steps": [], "evals": []}
+               "untrained_eval": untrained, "steps": [], "evals": []}
     gen = torch.Generator().manual_seed(settings.seed + 1)
     noise = None
     if settings.question_noise > 0:
@@ -203,7 +187,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
 
         opener = tok.convert_tokens_to_ids(["<role>", "HUMAN", "</role>"])
         noise = (question_mask(train.ids, opener, special["<|role_end|>"]), settings.question_noise, settings.seed + 2)
-    rows = batches(train, settings.batch, settings.seq_len, gen, kind_weights, noise)
+    rows = batches(train, settings.batch, settings.seq_len, gen, settings.kind_weights, noise)
     t0 = time.time()
     for step in range(1, settings.steps + 1):
         lr = _lr(step, settings)
