@@ -206,4 +206,3 @@ def test_extended_probe_has_heldout_phrasings_apart_from_the_corpus():
     for split in ("train", "calib", "eval"):
         asked = {m["content"] for s in load_split(split) for m in s["messages"] if m["role"] == "user"}
         assert not questions & asked  # written apart from the corpus templates: never a training question
-
