@@ -42,17 +42,25 @@ def _edit_config(d: Path, **changes) -> None:
 
 
 def _poison(d: Path, value: float) -> str:
-    """Write NaN/inf into one routed expert of the copy at `d`; returns the tensor name."""
+    """Write NaN/inf into one routed expert of the copy at `d`; returns the tensor name.
+
+    The layer's selection bias for that expert is raised too, so every token routes to it whatever the trained
+    weights prefer: the cases below test what a used corrupt expert does, not which prompt happens to reach it."""
     from safetensors.torch import load_file, save_file
 
     index = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
-    name = "model.layers.1.mlp.experts.0.down_proj.weight"
-    shard = d / index[name]
-    tensors = load_file(shard)
-    t = tensors[name].clone()
-    t.view(-1)[::7] = value
-    tensors[name] = t
-    save_file(tensors, shard, metadata={"format": "pt"})
+    name, bias = "model.layers.1.mlp.experts.0.down_proj.weight", "model.layers.1.mlp.gate.expert_bias"
+    for shard in sorted({d / index[name], d / index[bias]}):
+        tensors = load_file(shard)
+        if name in tensors:
+            t = tensors[name].clone()
+            t.view(-1)[::7] = value
+            tensors[name] = t
+        if bias in tensors:
+            b = tensors[bias].clone()
+            b[0] = b.abs().max() + 100.0  # selection only (the bias never weighs an expert's output)
+            tensors[bias] = b
+        save_file(tensors, shard, metadata={"format": "pt"})
     return name
 
 
