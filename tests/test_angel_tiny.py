@@ -83,13 +83,15 @@ def test_answers_the_question_asked(tiny):
     model, cfg, _, tok = tiny
     report = topic_probe(model, cfg, tok)
     by_prompt = {a["prompt"]: a for a in report["answers"]}
-    for q in {*DEMO_QUESTIONS, "What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"}:
+    asked = {*DEMO_QUESTIONS, "What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"}
+    for q in asked:
         assert by_prompt[q]["on_topic"] and by_prompt[q]["closed"], by_prompt[q]
         assert len(by_prompt[q]["answer"]) >= 20  # a real answer, not an immediate stop
     # the README demo's answers by content, not only by topic word: a retrained candidate that regresses them
     # (issue 17: the insomnia answer listed causes, not remedies) is rejected here
-    # (the shipped model still repeats "反复感染" in its answer to 二型糖尿病有哪些常见症状？, docs/angel-tiny.md)
-    assert not any(by_prompt[q]["repeats"] for q in DEMO_QUESTIONS), [by_prompt[q] for q in DEMO_QUESTIONS]
+    # and the issue's two acceptance questions without a repeated list item (the previous model looped on "反复感染"
+    # in its answer to 二型糖尿病有哪些常见症状？, docs/angel-tiny.md)
+    assert not any(by_prompt[q]["repeats"] for q in asked), [by_prompt[q] for q in asked]
     diabetes, insomnia = (by_prompt[q]["answer"] for q in DEMO_QUESTIONS)
     assert sum(w in diabetes.lower() for w in ("urin", "thirst", "tired", "vision", "heal", "infection", "weight")) >= 3
     assert sum(w in insomnia for w in ("固定时间", "卧室", "咖啡", "手机", "睡前", "放松", "起床")) >= 3
@@ -100,6 +102,18 @@ def test_answers_the_question_asked(tiny):
     assert blind["on_topic"] >= BLIND_PROBE_BOUND * blind["total"], off
     assert sum(a["closed"] for a in report["answers"]) >= 0.8 * report["total"]
     assert sum(bool(a["repeats"]) for a in report["answers"]) <= 0.1 * report["total"]
+
+
+def test_tiny_train_defaults_are_the_shipped_models_recipe():
+    """`angel tiny-train` with no flags rebuilds the shipped checkpoint: its training log's settings are the
+    defaults (a model shipped from a flagged candidate run must make those flags the defaults)."""
+    from dataclasses import asdict
+
+    from angelcli.tiny.train import TrainSettings
+
+    shipped = json.loads((TINY_DIR / "training_log.json").read_text())["settings"]
+    defaults = asdict(TrainSettings())
+    assert {k: defaults[k] for k in shipped} == shipped
 
 
 def test_training_smoke_lowers_the_loss(tmp_path):
@@ -163,7 +177,7 @@ def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tin
         got = [s.token_id for s in spec.generate(ids, params)]
         assert got == want, q
         passes, tokens = passes + spec.last_stats.verify_passes, tokens + spec.last_stats.round_tokens
-    assert passes and tokens / passes > 2.0  # tokens per target pass: 2.86 with the default tree (docs/eagle3.md)
+    assert passes and tokens / passes > 2.0  # tokens per target pass (tau 3.08 on 32 prompts, docs/eagle3.md)
 
 
 def test_repeated_items_finds_list_items_said_twice():

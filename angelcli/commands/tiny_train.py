@@ -27,21 +27,22 @@ def tiny_train(
                              "words (\"it stings when I pee\"), some ending with the patient's guess, and named "
                              "questions in context (ages, doses, a second question); not yet in the shipped "
                              "angel-tiny."),
-    written: bool = typer.Option(False, "--written/--no-written", help="With --routing: add the freely written "
+    written: bool = typer.Option(True, "--written/--no-written", help="With --routing: add the freely written "
                                  "questions (brand names, misspellings, long messages; angelcli/data/medical/"
-                                 "routing_written.jsonl); not yet in the shipped angel-tiny."),
+                                 "routing_written.jsonl), as the shipped angel-tiny does. --no-written --steps "
+                                 "1600 = the previous model."),
     question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
                                          "training question by a random question token (robustness to new "
                                          "wordings); 0 = the shipped model's rows."),
     routing_weight: Optional[float] = typer.Option(None, "--routing-weight", help="With --routing: chance of a "
                                                   "training row starting at a routing example, relative to a "
                                                   "conversation's 1.0 (default 0.45: 22% of rows for the shipped "
-                                                  "recipe, 33% with --written); the rest train corpus answers."),
+                                                  "recipe with --written, 22% without); the rest train corpus answers."),
     dropout: float = typer.Option(0.0, "--dropout", help="Dropout on every layer's attention and MLP/MoE output "
                                   "while training (the model code and checkpoint are unchanged); 0 = the shipped "
                                   "model."),
 ) -> None:
-    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~28 min on 2 cores.
+    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~40 min on 2 cores.
 
     Ends with the topic probe: the 40 built-in demo questions and 20 held-out phrasings answered greedily,
     counted on topic or not. A retrained model needs a retrained EAGLE3 draft (`just draft-tiny`): the draft
@@ -49,8 +50,8 @@ def tiny_train(
 
     Examples:
       angel tiny-train --out /tmp/angel-tiny
-      angel tiny-train --out /tmp/angel-tiny-lay --lay   (with everyday-word descriptions, ~28 min)
-      angel tiny-train --out /tmp/angel-tiny-w --written   (with the freely written questions, ~30 min)
+      angel tiny-train --out /tmp/angel-tiny-lay --lay   (with everyday-word descriptions too)
+      angel tiny-train --out /tmp/angel-tiny-prev --no-written --steps 1600   (the previous model, ~28 min)
       angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400   (the v5 model)
       angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100 --no-routing   (the v2 model)
     """

@@ -15,7 +15,7 @@ By default (neither --draft nor --no-draft) a run speculates only where that is 
 angel-draft.json may carry `measured.<cpu|cuda>` from `angel draft-eval --record`, and its speedup must be
 above 1; without a record a CUDA run speculates (EAGLE3's regime: decode is memory-bound, so verifying k+1
 tokens costs about one step) and a CPU run decodes plainly (a small model on a CPU is compute-bound, where
-verification costs several steps; angel-tiny's draft measured 0.67x there, tau 3.14 as a tree).
+verification costs several steps; angel-tiny's draft measured 0.59x there, tau 3.08 as a tree).
 `enable_draft` / `attach_draft` give an engine its speculator (Runtime.attach_draft, open_runtime(use_draft=...));
 the engine itself never imports this package.
 """
