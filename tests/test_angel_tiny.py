@@ -180,6 +180,20 @@ def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tin
     assert passes and tokens / passes > 2.0  # tokens per target pass (tau 3.08 on 32 prompts, docs/eagle3.md)
 
 
+def test_inline_repeats_finds_items_of_a_run_on_list_said_twice():
+    from angelcli.tiny.probe import inline_repeats
+
+    readme = ("Type 2 diabetes: the main symptoms are: tiredness, feeling very thirsty, passing urine more often, "
+              "especially at night and tiredness.\n\nSee a doctor promptly if you feel very unwell.")
+    assert inline_repeats(readme) == ["tiredness"]  # the shipped model's README answer (docs/angel-tiny.md)
+    assert inline_repeats("known interactions include: some blood thinners; some blood thinners; some X.") == [
+        "somebloodthinners"]
+    assert inline_repeats("常见症状有：口渴、喝水多、尿多和口渴。") == ["口渴"]
+    assert inline_repeats("Rest, drink fluids and take paracetamol. Rest helps.") == []  # across sentences
+    assert inline_repeats("Tiredness and tiredness.") == []  # two items are not a list
+    assert inline_repeats("- Tiredness\n- Tiredness\n- Thirst") == []  # list lines are repeated_items' job
+
+
 def test_repeated_items_finds_list_items_said_twice():
     from angelcli.tiny.probe import repeated_items
 

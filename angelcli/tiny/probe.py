@@ -8,8 +8,9 @@ questions appears in any corpus split, so this measures answering, not recall of
 
     report = topic_probe(model, cfg, tok)     -> {"on_topic": n, "total": m, "rate": n/m,
                                                   "sets": {"demo": {...}, "heldout": {...}}, "answers": [...]}
-Each answer also says whether it closed its turn and which list items it repeats (repeated_items); each set
-counts its answers with a repeated item ("repeating").
+Each answer also says whether it closed its turn, which list items it repeats (repeated_items) and which items
+of a run-on list in a sentence it repeats (inline_repeats); each set counts its answers with a repeated item
+("repeating", "repeating_inline").
 By default the probe asks the demo questions, the held-out phrasings of probe_heldout.jsonl and the blind set
 of probe_blind.jsonl.
 """
@@ -90,6 +91,30 @@ def repeated_items(answer: str) -> list[str]:
     return repeats
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|[。！？\n]")
+_INLINE_SEP = re.compile(r"\s*[,，、;；]\s*|\s+(?:and|or)\s+|[和或及]")
+
+
+def inline_repeats(answer: str) -> list[str]:
+    """Items of a run-on list that repeat an earlier item of the same list: "the main symptoms are: tiredness,
+    feeling very thirsty, … and tiredness." A list is the text after a sentence's last colon (or the whole
+    sentence) split at commas, semicolons, 、 and a final and/or/和; only lists of three or more items count.
+    Reported by the probe next to repeated_items, not gated by the tests (docs/angel-tiny.md)."""
+    repeats = []
+    for sentence in _SENTENCE.split(answer):
+        body = re.split(r"[:：]", sentence)[-1]
+        items = [re.sub(r"[\W_]+", "", i.lower()) for i in _INLINE_SEP.split(body)]
+        items = [i for i in items if len(i) >= 2]
+        if len(items) < 3:
+            continue
+        seen = set()
+        for i in items:
+            if i in seen:
+                repeats.append(i)
+            seen.add(i)
+    return repeats
+
+
 def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | None = None) -> dict:
     """Greedy answers to the demo questions with the torch engine on `model` (left in eval mode)."""
     from angelcli.engine import Engine, SamplingParams
@@ -112,16 +137,19 @@ def topic_probe(model, cfg, tok, max_new_tokens: int = 96, probes: list[dict] | 
     for p, ids, done in zip(probes, tokens, closed):
         text = tok.decode(ids)
         answers.append({"prompt": p["prompt"], "lang": p.get("lang"), "on_topic": is_on_topic(text, p["topic"]),
-                        "closed": done, "repeats": repeated_items(text), "answer": text})
+                        "closed": done, "repeats": repeated_items(text), "inline_repeats": inline_repeats(text),
+                        "answer": text})
     hits = sum(a["on_topic"] for a in answers)
     sets = {}
     for p, a in zip(probes, answers):
         a["set"] = p.get("set", "demo")
-        row = sets.setdefault(a["set"], {"on_topic": 0, "total": 0, "closed": 0, "repeating": 0})
+        row = sets.setdefault(a["set"], {"on_topic": 0, "total": 0, "closed": 0, "repeating": 0,
+                                         "repeating_inline": 0})
         row["on_topic"] += a["on_topic"]
         row["total"] += 1
         row["closed"] += a["closed"]
         row["repeating"] += bool(a["repeats"])
+        row["repeating_inline"] += bool(a["inline_repeats"])
     return {"on_topic": hits, "total": len(answers), "rate": hits / max(1, len(answers)), "sets": sets,
             "answers": answers}
 
