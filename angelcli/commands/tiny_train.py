@@ -36,8 +36,8 @@ def tiny_train(
                                          "wordings); 0 = the shipped model's rows."),
     routing_weight: Optional[float] = typer.Option(None, "--routing-weight", help="With --routing: chance of a "
                                                   "training row starting at a routing example, relative to a "
-                                                  "conversation's 1.0 (default 0.45: 22% of rows for the shipped "
-                                                  "recipe with --written, 22% without); the rest train corpus answers."),
+                                                  "conversation's 1.0 (default 0.45: 33% of rows for the shipped "
+                                                  "recipe, 22% with --no-written); the rest train corpus answers."),
     dropout: float = typer.Option(0.0, "--dropout", help="Dropout on every layer's attention and MLP/MoE output "
                                   "while training (the model code and checkpoint are unchanged); 0 = the shipped "
                                   "model."),
