@@ -76,19 +76,26 @@ def is_on_topic(answer: str, topic: list[str]) -> bool:
 _ITEM = re.compile(r"^\s*(?:[-*•·]|\d+[.)、]|[(（]\d+[)）])\s*(.+?)\s*$")
 
 
+def _item_key(item: str) -> str:
+    """An item compared without case, spaces and punctuation."""
+    return re.sub(r"[\W_]+", "", item.lower())
+
+
+def _said_again(items: list[str], show=lambda item: item) -> list[str]:
+    """show(item) for every item whose key an earlier item of `items` already had."""
+    seen, repeats = set(), []
+    for item in items:
+        key = _item_key(item)
+        if key in seen:
+            repeats.append(show(item))
+        seen.add(key)
+    return repeats
+
+
 def repeated_items(answer: str) -> list[str]:
     """List items (lines led by -, *, •, 1. or (1)) that repeat an earlier item of the same answer, compared
     without case, spaces and punctuation: the "- Tiredness ... - Tiredness" failure of issue 17."""
-    seen, repeats = set(), []
-    for line in answer.splitlines():
-        m = _ITEM.match(line)
-        if not m:
-            continue
-        key = re.sub(r"[\W_]+", "", m.group(1).lower())
-        if key in seen:
-            repeats.append(m.group(1))
-        seen.add(key)
-    return repeats
+    return _said_again([m.group(1) for m in map(_ITEM.match, answer.splitlines()) if m])
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|[。！？\n]")
@@ -102,16 +109,9 @@ def inline_repeats(answer: str) -> list[str]:
     Reported by the probe next to repeated_items, not gated by the tests (docs/angel-tiny.md)."""
     repeats = []
     for sentence in _SENTENCE.split(answer):
-        body = re.split(r"[:：]", sentence)[-1]
-        items = [re.sub(r"[\W_]+", "", i.lower()) for i in _INLINE_SEP.split(body)]
-        items = [i for i in items if len(i) >= 2]
-        if len(items) < 3:
-            continue
-        seen = set()
-        for i in items:
-            if i in seen:
-                repeats.append(i)
-            seen.add(i)
+        items = [i for i in _INLINE_SEP.split(re.split(r"[:：]", sentence)[-1]) if len(_item_key(i)) >= 2]
+        if len(items) >= 3:
+            repeats += _said_again(items, show=_item_key)
     return repeats
 
 

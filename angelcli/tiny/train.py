@@ -62,7 +62,7 @@ class TrainSettings:
     routing: bool = True
     lay: bool = False  # with routing: everyday-word symptom descriptions and questions in context too
     # with routing: the freely written questions (routing_written.py). A row's start is drawn per example, so
-    # they add rows to the routing examples' share (shipped recipe 22%, with both rounds 33%) and take them from
+    # they add rows to the routing examples' share (22% without them, 33% with both rounds) and take them from
     # the corpus's answers; kind_weights["routing"] (tiny-train --routing-weight) sets the share
     written: bool = True
     # chance of replacing each question token of a training row by a random question token (train_data.batches):
