@@ -54,7 +54,7 @@ def test_no_routing_question_is_a_probe_question(samples):
     def norm(text: str) -> str:
         return re.sub(r"[\W_]+", " ", text).strip().casefold()
 
-    asked = {norm(_question(s)) for s in samples + written_samples(0)}
+    asked = {norm(_question(s)) for s in samples + written_samples(0, rounds=3)}
     probes = [norm(p["prompt"]) for p in extended_probes() + load_fresh_probes()]
     assert len(probes) == 100
     assert not [p for p in probes if any(p in q for q in asked)]
@@ -203,12 +203,13 @@ def test_routing_examples_are_the_ones_the_shipped_model_was_trained_on(samples)
 def test_written_questions_name_their_record_and_cover_every_intent():
     """routing_written.jsonl: every row belongs to a record of its language, its intent is one of the record
     kind's (case only for conditions), and a named question contains the name it declares; every record is
-    asked about at least 10 times; no question is given twice."""
+    asked about at least 10 times; no question is given twice (in any round); a case question names no name of
+    its record."""
     from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.routing_frames import NAMED
-    from angelcli.tiny.routing_written import load_written, record_index
+    from angelcli.tiny.routing_written import load_rounds, record_index
 
-    rows = load_written()
+    rows = load_rounds(3)
     index = record_index(kb_for(5))
     per_record: dict = {}
     for r in rows:
@@ -216,6 +217,9 @@ def test_written_questions_name_their_record_and_cover_every_intent():
         intents = {i for (k, i) in NAMED[r["lang"]] if k == kind} | ({"case"} if kind == "condition" else set())
         assert r["intent"] in intents, r
         assert (r["name"] == "") == (r["intent"] == "case") and r["name"] in r["q"], r
+        if r["intent"] == "case":
+            assert not any(re.search(r"(?<!\w)" + re.escape(n.casefold()) + r"(?!\w)" if n.isascii() else
+                                     re.escape(n), r["q"].casefold()) for n in [rec["name"], *rec.get("aka", [])]), r
         per_record[(r["lang"], r["record"])] = per_record.get((r["lang"], r["record"]), 0) + 1
     assert set(per_record) == set(index) and min(per_record.values()) >= 10
     assert len({(r["lang"], r["q"]) for r in rows}) == len(rows)
@@ -223,12 +227,14 @@ def test_written_questions_name_their_record_and_cover_every_intent():
 
 def test_written_samples_anchor_on_the_name_as_written_and_supervise_the_opening(tok):
     from angelcli.tiny.routing_data import routing_samples
-    from angelcli.tiny.routing_written import load_written, written_samples
+    from angelcli.tiny.routing_written import load_rounds, written_samples
 
-    rows = load_written()
-    ws = written_samples(0)
-    assert ws == written_samples(0) and ws != written_samples(1)
-    assert routing_samples(0, written=True) == routing_samples(0) + ws
+    rows = load_rounds(3)
+    ws = written_samples(0, rounds=3)
+    assert ws == written_samples(0, rounds=3) and ws != written_samples(1, rounds=3)
+    assert routing_samples(0, written=True, written_rounds=3) == routing_samples(0) + ws
+    two = written_samples(0)  # round 3 is appended: the shipped model's examples do not change
+    assert len(two) == 3919 and ws[: len(two)] == two and len(ws) > len(two) + 1000
     by_q = {(s["lang"], _question(s)): s for s in ws}
     cases = 0
     for r in rows:

@@ -31,6 +31,9 @@ def tiny_train(
                                  "questions (brand names, misspellings, long messages; angelcli/data/medical/"
                                  "routing_written.jsonl), as the shipped angel-tiny does. --no-written --steps "
                                  "1600 = the previous model."),
+    written_rounds: int = typer.Option(2, "--written-rounds", help="With --written: how many rounds of written "
+                                       "questions (2 = the shipped model's; 3 adds routing_written_r3.jsonl: "
+                                       "more symptom descriptions and long messages)."),
     question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
                                          "training question by a random question token (robustness to new "
                                          "wordings); 0 = the shipped model's rows."),
@@ -74,6 +77,8 @@ def tiny_train(
         raise UsageError("--question-noise must be in [0, 1)")
     if not 0 <= dropout < 1:
         raise UsageError("--dropout must be in [0, 1)")
+    if written_rounds not in (2, 3):
+        raise UsageError("--written-rounds must be 2 or 3")
     if routing_weight is not None and not 0 < routing_weight <= 10:
         raise UsageError("--routing-weight must be in (0, 10]")
     extra = {"steps": steps} if steps else {}
@@ -82,6 +87,7 @@ def tiny_train(
     if prompt_loss_weight is not None:
         extra["prompt_loss_weight"] = prompt_loss_weight
     settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, written=written,
+                             written_rounds=written_rounds,
                              question_noise=question_noise, dropout=dropout, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output

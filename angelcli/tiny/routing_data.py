@@ -83,11 +83,13 @@ def _is_adjective(name: str) -> bool:
     return " " not in name and name.islower() and name.endswith(("ic", "ed"))
 
 
-def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True, written: bool = False) -> list[dict]:
+def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True, written: bool = False,
+                    written_rounds: int = 2) -> list[dict]:
     """Routing examples for every condition, symptom and medicine record and every named emergency item
     (routing_frames.TRIAGE_NAMES) in both languages, in a fixed order; then (lay=True) the everyday-word
     descriptions of lay_samples and the questions in context of context_samples (lay=False: the previous
-    angel-tiny's examples); then (written=True) the freely written questions of routing_written.py.
+    angel-tiny's examples); then (written=True) the freely written questions of routing_written.py, of its
+    first `written_rounds` rounds.
     kb: corpus.kb_for(5) by default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
     from angelcli.tiny.corpus import kb_for
@@ -140,7 +142,7 @@ def routing_samples(seed: int = 0, kb: dict | None = None, lay: bool = True, wri
     if written:
         from angelcli.tiny.routing_written import written_samples
 
-        out += written_samples(seed, kb)
+        out += written_samples(seed, kb, written_rounds)
     return out
 
 

@@ -8,7 +8,9 @@ answering questions that fall outside them about another record (docs/angel-tiny
 what templates cannot: brand names ("Tylenol", "立普妥"), misspellings, telegraphic questions ("metformin stomach
 ache normal?"), and long messages with a situation and a second question.
 
-Data: angelcli/data/medical/routing_written.jsonl (two rounds of helpers, 3,933 rows), one row per question:
+Data: angelcli/data/medical/routing_written.jsonl (two rounds of helpers, 3,933 rows) and
+routing_written_r3.jsonl (a third round: more symptom descriptions that do not name the condition and more long
+messages, written to the brief in docs/angel-tiny.md), one row per question:
     {"lang": "en"|"zh", "record": main name, "intent": one of the kind's intents or "case",
      "name": the substring of q that names the record ("" for case), "q": the question}
 
@@ -25,11 +27,21 @@ import random
 from pathlib import Path
 
 WRITTEN_PATH = Path(__file__).resolve().parent.parent / "data" / "medical" / "routing_written.jsonl"
+ROUND3_PATH = WRITTEN_PATH.with_name("routing_written_r3.jsonl")
+ROUNDS = (2, 3)  # rounds 1 and 2 share one file (the shipped model's); round 3 has its own
 
 
 def load_written(path: Path = WRITTEN_PATH) -> list[dict]:
-    """The written questions, in file order."""
+    """The written questions of one file, in file order."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_rounds(rounds: int = 2) -> list[dict]:
+    """The questions of the first `rounds` rounds (2 or 3), in file order: appended, so the examples of the
+    earlier rounds (and the draws that made them) do not change when a round is added."""
+    if rounds not in ROUNDS:
+        raise ValueError(f"written rounds must be one of {ROUNDS}, not {rounds}")
+    return load_written() + (load_written(ROUND3_PATH) if rounds >= 3 else [])
 
 
 def record_index(kb: dict) -> dict[tuple[str, str], tuple[str, dict]]:
@@ -40,8 +52,9 @@ def record_index(kb: dict) -> dict[tuple[str, str], tuple[str, dict]]:
             for rec in kb[lang][group]}
 
 
-def written_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
-    """Routing examples for the questions of load_written(), in file order. kb: corpus.kb_for(5) by default."""
+def written_samples(seed: int = 0, kb: dict | None = None, rounds: int = 2) -> list[dict]:
+    """Routing examples for the questions of load_rounds(rounds), in file order. kb: corpus.kb_for(5) by
+    default."""
     from angelcli.tiny import corpus_templates_en, corpus_templates_zh
     from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.corpus_v3 import dedupe_reply, record_answer
@@ -53,7 +66,7 @@ def written_samples(seed: int = 0, kb: dict | None = None) -> list[dict]:
     templates = {"en": corpus_templates_en, "zh": corpus_templates_zh}
     rng = random.Random(seed + 53)
     out: list[dict] = []
-    for row in load_written():
+    for row in load_rounds(rounds):
         lang, q = row["lang"], row["q"]
         kind, rec = index[(lang, row["record"])]
         T = templates[lang]

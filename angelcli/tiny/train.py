@@ -65,6 +65,7 @@ class TrainSettings:
     # they add rows to the routing examples' share (22% without them, 33% with both rounds) and take them from
     # the corpus's answers; kind_weights["routing"] (tiny-train --routing-weight) sets the share
     written: bool = True
+    written_rounds: int = 2  # with written: rounds 1-2 (the shipped model) or 1-3 (routing_written.ROUNDS)
     # chance of replacing each question token of a training row by a random question token (train_data.batches):
     # new wordings are known wordings with some words the model has not seen there; 0 = the shipped model's rows
     question_noise: float = 0.0
@@ -150,7 +151,8 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     if settings.routing:
         from angelcli.tiny.routing_data import join_streams, routing_samples, routing_stream
 
-        samples = routing_samples(settings.seed, lay=settings.lay, written=settings.written)
+        samples = routing_samples(settings.seed, lay=settings.lay, written=settings.written,
+                                  written_rounds=settings.written_rounds)
         routing = routing_stream(tok, samples, settings.prompt_loss_weight)
         log(f"angel-tiny: {len(routing.starts):,} routing examples ({len(routing.ids):,} tokens), "
             f"row weight {settings.kind_weights.get('routing', 1.0):.3f}")
