@@ -39,7 +39,7 @@ bench-quantize *ARGS:
 # Train the EAGLE3 draft shipped beside angel-tiny (angelcli/assets/angel-tiny-eagle3), then measure it
 draft-tiny:
     {{py}} -m angelcli draft-train angel-tiny --data medical --regenerate --regen-max-tokens 256 \
-        --steps 3000 --ttt 3 --lr 2e-3 --batch-size 8 --max-len 512 --draft-vocab 6144 --layers 1,3,4 \
+        --steps 5000 --ttt 3 --lr 2e-3 --batch-size 8 --max-len 512 --draft-vocab 6144 --layers 1,3,4 \
         --layouts sglang --no-keep-checkpoint --threads 2 --out angelcli/assets/angel-tiny-eagle3 --json
     rm -f angelcli/assets/angel-tiny-eagle3/regenerated.jsonl  # the resume cache does not ship
     {{py}} -m angelcli draft-eval angel-tiny --k 3 --prompts 64 --max-new-tokens 128 --threads 1 --json

@@ -30,6 +30,9 @@ DEMO_QUESTIONS = (
     "What are common symptoms of type 2 diabetes?",
     "晚上总是睡不着有什么办法？",
 )
+# Room for a whole answer: angel-tiny's English diabetes answer (six symptoms, then when to see a doctor) ends its
+# turn at 118 tokens; 96 cut it off mid-sentence. tests/test_angel_tiny.py checks both close within this.
+DEMO_MAX_NEW_TOKENS = 160
 
 
 def _say(msg: str) -> None:
@@ -126,7 +129,7 @@ def demo() -> int:
         _say(f"question: {question}")
         # The disclaimer once is enough; each question is its own one-turn chat.
         extra = ["--no-disclaimer"] if n else []
-        rc = _run([angel, "chat", "--once", question, "--max-new-tokens", "96", *extra], check=False) or rc
+        rc = _run([angel, "chat", "--once", question, "--max-new-tokens", str(DEMO_MAX_NEW_TOKENS), *extra], check=False) or rc
     return rc
 
 

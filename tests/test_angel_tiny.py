@@ -8,9 +8,11 @@ import torch
 from angelcli.resolve import TINY_DIR, resolve_model
 
 HELDOUT_BOUND = 0.7  # nats per answer token (the shipped model: about 0.49; the v5 model 0.52, v2 0.76)
-PROBE_BOUND = 0.65  # share of the 40 demo questions answered on topic (docs/angel-tiny.md has the shipped figure)
-HELDOUT_PROBE_BOUND = 0.6  # share of the 20 held-out phrasings answered on topic (ditto)
-BLIND_PROBE_BOUND = 0.25  # share of the 20 blind-set questions answered on topic (ditto)
+# Regression guards a few questions below the shipped figures (docs/angel-tiny.md: demo 35/40, held-out 17/20, blind
+# 13/20; the previous model 36, 16, 11): runs differ by about 2 per set between seeds
+PROBE_BOUND = 0.75  # share of the 40 demo questions answered on topic
+HELDOUT_PROBE_BOUND = 0.7  # share of the 20 held-out phrasings answered on topic
+BLIND_PROBE_BOUND = 0.5  # share of the 20 blind-set questions answered on topic
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +79,24 @@ def test_answers_the_question_asked(tiny):
     """Greedy answers to the 40 demo questions, 20 held-out phrasings and 20 blind-set questions (none of them in
     the corpus) stay on their topic and end their turn; the README demo's questions and the angel-tiny issue's
     two acceptance questions always do."""
-    from angelcli.bootstrap import DEMO_QUESTIONS
-    from angelcli.tiny.probe import topic_probe
+    from angelcli.bootstrap import DEMO_MAX_NEW_TOKENS, DEMO_QUESTIONS
+    from angelcli.tiny.probe import extended_probes, topic_probe
 
     model, cfg, _, tok = tiny
     report = topic_probe(model, cfg, tok)
-    by_prompt = {a["prompt"]: a for a in report["answers"]}
     asked = {*DEMO_QUESTIONS, "What are common symptoms of type 2 diabetes?", "二型糖尿病有哪些常见症状？"}
+    # the README's and the issue's questions with the demo's budget, as `bootstrap demo` prints them
+    rows = [p for p in extended_probes() if p["prompt"] in asked]
+    by_prompt = {a["prompt"]: a for a in topic_probe(model, cfg, tok, DEMO_MAX_NEW_TOKENS, rows)["answers"]}
+    assert set(by_prompt) == asked
     for q in asked:
         assert by_prompt[q]["on_topic"] and by_prompt[q]["closed"], by_prompt[q]
         assert len(by_prompt[q]["answer"]) >= 20  # a real answer, not an immediate stop
     # the README demo's answers by content, not only by topic word: a retrained candidate that regresses them
     # (issue 17: the insomnia answer listed causes, not remedies) is rejected here
-    # and the issue's two acceptance questions without a repeated list item (the previous model looped on "反复感染"
-    # in its answer to 二型糖尿病有哪些常见症状？, docs/angel-tiny.md)
-    assert not any(by_prompt[q]["repeats"] for q in asked), [by_prompt[q] for q in asked]
+    # and the issue's two acceptance questions without a repeated item, in a list (a model before looped on "反复感染"
+    # in its answer to 二型糖尿病有哪些常见症状？) or inline (the previous model's "… at night and tiredness")
+    assert not any(by_prompt[q]["repeats"] or by_prompt[q]["inline_repeats"] for q in asked), [by_prompt[q] for q in asked]
     diabetes, insomnia = (by_prompt[q]["answer"] for q in DEMO_QUESTIONS)
     assert sum(w in diabetes.lower() for w in ("urin", "thirst", "tired", "vision", "heal", "infection", "weight")) >= 3
     assert sum(w in insomnia for w in ("固定时间", "卧室", "咖啡", "手机", "睡前", "放松", "起床")) >= 3
@@ -102,6 +107,7 @@ def test_answers_the_question_asked(tiny):
     assert blind["on_topic"] >= BLIND_PROBE_BOUND * blind["total"], off
     assert sum(a["closed"] for a in report["answers"]) >= 0.8 * report["total"]
     assert sum(bool(a["repeats"]) for a in report["answers"]) <= 0.1 * report["total"]
+    assert sum(bool(a["inline_repeats"]) for a in report["answers"]) <= 0.1 * report["total"]
 
 
 def test_tiny_train_defaults_are_the_shipped_models_recipe():

@@ -49,12 +49,12 @@ def test_routing_samples_are_deterministic_and_cover_every_record(samples):
 
 def test_no_routing_question_is_a_probe_question(samples):
     from angelcli.tiny.probe import extended_probes, load_fresh_probes
-    from angelcli.tiny.routing_written import written_samples
+    from angelcli.tiny.routing_written import ROUNDS, written_samples
 
     def norm(text: str) -> str:
         return re.sub(r"[\W_]+", " ", text).strip().casefold()
 
-    asked = {norm(_question(s)) for s in samples + written_samples(0, rounds=3)}
+    asked = {norm(_question(s)) for s in samples + written_samples(0, rounds=ROUNDS[-1])}
     probes = [norm(p["prompt"]) for p in extended_probes() + load_fresh_probes()]
     assert len(probes) == 100
     assert not [p for p in probes if any(p in q for q in asked)]
@@ -207,9 +207,9 @@ def test_written_questions_name_their_record_and_cover_every_intent():
     its record."""
     from angelcli.tiny.corpus import kb_for
     from angelcli.tiny.routing_frames import NAMED
-    from angelcli.tiny.routing_written import load_rounds, record_index
+    from angelcli.tiny.routing_written import ROUNDS, load_rounds, record_index
 
-    rows = load_rounds(3)
+    rows = load_rounds(ROUNDS[-1])
     index = record_index(kb_for(5))
     per_record: dict = {}
     for r in rows:
@@ -227,14 +227,17 @@ def test_written_questions_name_their_record_and_cover_every_intent():
 
 def test_written_samples_anchor_on_the_name_as_written_and_supervise_the_opening(tok):
     from angelcli.tiny.routing_data import routing_samples
-    from angelcli.tiny.routing_written import load_rounds, written_samples
+    from angelcli.tiny.routing_written import ROUNDS, load_rounds, written_samples
 
-    rows = load_rounds(3)
-    ws = written_samples(0, rounds=3)
-    assert ws == written_samples(0, rounds=3) and ws != written_samples(1, rounds=3)
-    assert routing_samples(0, written=True, written_rounds=3) == routing_samples(0) + ws
-    two = written_samples(0)  # round 3 is appended: the shipped model's examples do not change
-    assert len(two) == 3919 and ws[: len(two)] == two and len(ws) > len(two) + 1000
+    last = ROUNDS[-1]
+    rows = load_rounds(last)
+    ws = written_samples(0, rounds=last)
+    assert ws == written_samples(0, rounds=last) and ws != written_samples(1, rounds=last)
+    assert routing_samples(0, written=True, written_rounds=last) == routing_samples(0) + ws
+    # each round is appended: the examples of earlier rounds (the models trained on them) do not change
+    earlier = [written_samples(0, rounds=r) for r in ROUNDS]
+    assert len(earlier[0]) == 3919 and len(earlier[1]) == 6003  # the shipped model: 11,195 with the templated ones
+    assert all(a == b[: len(a)] and len(b) > len(a) + 800 for a, b in zip(earlier, earlier[1:]))
     by_q = {(s["lang"], _question(s)): s for s in ws}
     cases = 0
     for r in rows:

@@ -31,8 +31,8 @@ def generate(
     draft: Optional[bool] = typer.Option(None, "--draft/--no-draft",
                                          help="Speculative decoding with the model's EAGLE3 draft "
                                               "(default: on when one is attached and measured faster on "
-                                              "this device; on CPU angel-tiny's draft measured 0.59x "
-                                              "(tau 3.1: a verification pass costs several plain steps "
+                                              "this device; on CPU angel-tiny's draft measured 0.68x "
+                                              "(tau 3.2: a verification pass costs several plain steps "
                                               "there), so angel-tiny decodes plainly on a CPU)."),
     draft_path: Optional[str] = typer.Option(None, "--draft-path", envvar="ANGEL_DRAFT",
                                              help="Speculate with this draft directory or store name."),

@@ -31,15 +31,16 @@ def tiny_train(
                                  "questions (brand names, misspellings, long messages; angelcli/data/medical/"
                                  "routing_written.jsonl), as the shipped angel-tiny does. --no-written --steps "
                                  "1600 = the previous model."),
-    written_rounds: int = typer.Option(2, "--written-rounds", help="With --written: how many rounds of written "
-                                       "questions (2 = the shipped model's; 3 adds routing_written_r3.jsonl: "
-                                       "more symptom descriptions and long messages)."),
+    written_rounds: int = typer.Option(3, "--written-rounds", help="With --written: how many rounds of written "
+                                       "questions (3 = the shipped model's, with routing_written_r3.jsonl: more "
+                                       "symptom descriptions and long messages; 2 --steps 2000 = the previous "
+                                       "model)."),
     question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
                                          "training question by a random question token (robustness to new "
                                          "wordings); 0 = the shipped model's rows."),
     routing_weight: Optional[float] = typer.Option(None, "--routing-weight", help="With --routing: chance of a "
                                                   "training row starting at a routing example, relative to a "
-                                                  "conversation's 1.0 (default 0.45: 33% of rows for the shipped "
+                                                  "conversation's 1.0 (default 0.45: 37% of rows for the shipped "
                                                   "recipe, 22% with --no-written); the rest train corpus answers."),
     dropout: float = typer.Option(0.0, "--dropout", help="Dropout on every layer's attention and MLP/MoE output "
                                   "while training (the model code and checkpoint are unchanged); 0 = the shipped "
@@ -54,7 +55,7 @@ def tiny_train(
     Examples:
       angel tiny-train --out /tmp/angel-tiny
       angel tiny-train --out /tmp/angel-tiny-lay --lay   (with everyday-word descriptions too)
-      angel tiny-train --out /tmp/angel-tiny-prev --no-written --steps 1600   (the previous model, ~28 min)
+      angel tiny-train --out /tmp/angel-tiny-prev --written-rounds 2 --steps 2000   (the previous model)
       angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400   (the v5 model)
       angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100 --no-routing   (the v2 model)
     """
@@ -77,8 +78,10 @@ def tiny_train(
         raise UsageError("--question-noise must be in [0, 1)")
     if not 0 <= dropout < 1:
         raise UsageError("--dropout must be in [0, 1)")
-    if written_rounds not in (2, 3):
-        raise UsageError("--written-rounds must be 2 or 3")
+    from angelcli.tiny.routing_written import ROUND_PATHS, ROUNDS
+
+    if written_rounds not in ROUNDS or not ROUND_PATHS.get(written_rounds, ROUND_PATHS[3]).exists():
+        raise UsageError(f"--written-rounds must be one of {', '.join(map(str, ROUNDS))} (with its data file)")
     if routing_weight is not None and not 0 < routing_weight <= 10:
         raise UsageError("--routing-weight must be in (0, 10]")
     extra = {"steps": steps} if steps else {}

@@ -27,8 +27,10 @@ import random
 from pathlib import Path
 
 WRITTEN_PATH = Path(__file__).resolve().parent.parent / "data" / "medical" / "routing_written.jsonl"
-ROUND3_PATH = WRITTEN_PATH.with_name("routing_written_r3.jsonl")
-ROUNDS = (2, 3)  # rounds 1 and 2 share one file (the shipped model's); round 3 has its own
+# rounds 1 and 2 share one file; each later round has its own
+ROUND_PATHS = {3: WRITTEN_PATH.with_name("routing_written_r3.jsonl"),
+               4: WRITTEN_PATH.with_name("routing_written_r4.jsonl")}
+ROUNDS = (2, *ROUND_PATHS)
 
 
 def load_written(path: Path = WRITTEN_PATH) -> list[dict]:
@@ -37,11 +39,11 @@ def load_written(path: Path = WRITTEN_PATH) -> list[dict]:
 
 
 def load_rounds(rounds: int = 2) -> list[dict]:
-    """The questions of the first `rounds` rounds (2 or 3), in file order: appended, so the examples of the
-    earlier rounds (and the draws that made them) do not change when a round is added."""
+    """The questions of the first `rounds` rounds (one of ROUNDS), in file order: appended, so the examples of
+    the earlier rounds (and the draws that made them) do not change when a round is added."""
     if rounds not in ROUNDS:
         raise ValueError(f"written rounds must be one of {ROUNDS}, not {rounds}")
-    return load_written() + (load_written(ROUND3_PATH) if rounds >= 3 else [])
+    return load_written() + [row for r, path in sorted(ROUND_PATHS.items()) if r <= rounds for row in load_written(path)]
 
 
 def record_index(kb: dict) -> dict[tuple[str, str], tuple[str, dict]]:

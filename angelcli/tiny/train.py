@@ -39,9 +39,9 @@ TINY_CONFIG = dict(
 
 @dataclass
 class TrainSettings:
-    # the shipped model (corpus v5: 9,452 training conversations, plus routing examples and the written questions;
-    # the written questions take a third of the rows, so the corpus needs the steps beyond the previous 1,600)
-    steps: int = 2000
+    # the shipped model (corpus v5: 9,452 training conversations, plus routing examples and three rounds of written
+    # questions; routing rows are 37% of the rows, so the corpus needs the steps beyond the previous 2,000)
+    steps: int = 2200
     batch: int = 16
     seq_len: int = 256
     lr: float = 3e-3
@@ -62,10 +62,10 @@ class TrainSettings:
     routing: bool = True
     lay: bool = False  # with routing: everyday-word symptom descriptions and questions in context too
     # with routing: the freely written questions (routing_written.py). A row's start is drawn per example, so
-    # they add rows to the routing examples' share (22% without them, 33% with both rounds) and take them from
-    # the corpus's answers; kind_weights["routing"] (tiny-train --routing-weight) sets the share
+    # they add rows to the routing examples' share (22% without them, 33% with two rounds, 37% with three) and
+    # take them from the corpus's answers; kind_weights["routing"] (tiny-train --routing-weight) sets the share
     written: bool = True
-    written_rounds: int = 2  # with written: rounds 1-2 (the shipped model) or 1-3 (routing_written.ROUNDS)
+    written_rounds: int = 3  # with written: rounds 1-3 (the shipped model) or 1-2 (routing_written.ROUNDS)
     # chance of replacing each question token of a training row by a random question token (train_data.batches):
     # new wordings are known wordings with some words the model has not seen there; 0 = the shipped model's rows
     question_noise: float = 0.0
