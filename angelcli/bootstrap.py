@@ -129,7 +129,8 @@ def demo() -> int:
         _say(f"question: {question}")
         # The disclaimer once is enough; each question is its own one-turn chat.
         extra = ["--no-disclaimer"] if n else []
-        rc = _run([angel, "chat", "--once", question, "--max-new-tokens", str(DEMO_MAX_NEW_TOKENS), *extra], check=False) or rc
+        cmd = [angel, "chat", "--once", question, "--max-new-tokens", str(DEMO_MAX_NEW_TOKENS), *extra]
+        rc = _run(cmd, check=False) or rc
     return rc
 
 

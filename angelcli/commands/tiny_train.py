@@ -29,8 +29,8 @@ def tiny_train(
                              "angel-tiny."),
     written: bool = typer.Option(True, "--written/--no-written", help="With --routing: add the freely written "
                                  "questions (brand names, misspellings, long messages; angelcli/data/medical/"
-                                 "routing_written.jsonl), as the shipped angel-tiny does. --no-written --steps "
-                                 "1600 = the previous model."),
+                                 "routing_written*.jsonl), as the shipped angel-tiny does. --no-written --steps "
+                                 "1600 = the model before the previous one."),
     written_rounds: int = typer.Option(3, "--written-rounds", help="With --written: how many rounds of written "
                                        "questions (3 = the shipped model's, with routing_written_r3.jsonl: more "
                                        "symptom descriptions and long messages; 2 --steps 2000 = the previous "
@@ -80,7 +80,8 @@ def tiny_train(
         raise UsageError("--dropout must be in [0, 1)")
     from angelcli.tiny.routing_written import ROUND_PATHS, ROUNDS
 
-    if written_rounds not in ROUNDS or not ROUND_PATHS.get(written_rounds, ROUND_PATHS[3]).exists():
+    round_path = ROUND_PATHS.get(written_rounds)  # rounds 1-2 are always there; a later round has its own file
+    if written_rounds not in ROUNDS or (round_path is not None and not round_path.exists()):
         raise UsageError(f"--written-rounds must be one of {', '.join(map(str, ROUNDS))} (with its data file)")
     if routing_weight is not None and not 0 < routing_weight <= 10:
         raise UsageError("--routing-weight must be in (0, 10]")

@@ -8,9 +8,9 @@ answering questions that fall outside them about another record (docs/angel-tiny
 what templates cannot: brand names ("Tylenol", "立普妥"), misspellings, telegraphic questions ("metformin stomach
 ache normal?"), and long messages with a situation and a second question.
 
-Data: angelcli/data/medical/routing_written.jsonl (two rounds of helpers, 3,933 rows) and
-routing_written_r3.jsonl (a third round: more symptom descriptions that do not name the condition and more long
-messages, written to the brief in docs/angel-tiny.md), one row per question:
+Data: angelcli/data/medical/routing_written.jsonl (two rounds of helpers, 3,933 rows), routing_written_r3.jsonl
+(round 3, 2,100 rows: more symptom descriptions that do not name the condition and more long messages; in the
+shipped model) and routing_written_r4.jsonl (round 4, 828 descriptions only; not shipped), one row per question:
     {"lang": "en"|"zh", "record": main name, "intent": one of the kind's intents or "case",
      "name": the substring of q that names the record ("" for case), "q": the question}
 
@@ -43,7 +43,8 @@ def load_rounds(rounds: int = 2) -> list[dict]:
     the earlier rounds (and the draws that made them) do not change when a round is added."""
     if rounds not in ROUNDS:
         raise ValueError(f"written rounds must be one of {ROUNDS}, not {rounds}")
-    return load_written() + [row for r, path in sorted(ROUND_PATHS.items()) if r <= rounds for row in load_written(path)]
+    later = [path for r, path in sorted(ROUND_PATHS.items()) if r <= rounds]
+    return load_written() + [row for path in later for row in load_written(path)]
 
 
 def record_index(kb: dict) -> dict[tuple[str, str], tuple[str, dict]]:
