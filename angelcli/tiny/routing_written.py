@@ -10,7 +10,9 @@ ache normal?"), and long messages with a situation and a second question.
 
 Data: angelcli/data/medical/routing_written.jsonl (two rounds of helpers, 3,933 rows), routing_written_r3.jsonl
 (round 3, 2,100 rows: more symptom descriptions that do not name the condition and more long messages; in the
-shipped model) and routing_written_r4.jsonl (round 4, 828 descriptions only; not shipped), one row per question:
+shipped model), routing_written_r4.jsonl (round 4, 828 descriptions only) and routing_written_r5.jsonl (round 5,
+1,379 rows: 6 named questions, half of them long messages with the name mid-message, and 6 descriptions per
+condition; 8 per symptom and medicine), one row per question:
     {"lang": "en"|"zh", "record": main name, "intent": one of the kind's intents or "case",
      "name": the substring of q that names the record ("" for case), "q": the question}
 
@@ -29,7 +31,8 @@ from pathlib import Path
 WRITTEN_PATH = Path(__file__).resolve().parent.parent / "data" / "medical" / "routing_written.jsonl"
 # rounds 1 and 2 share one file; each later round has its own
 ROUND_PATHS = {3: WRITTEN_PATH.with_name("routing_written_r3.jsonl"),
-               4: WRITTEN_PATH.with_name("routing_written_r4.jsonl")}
+               4: WRITTEN_PATH.with_name("routing_written_r4.jsonl"),
+               5: WRITTEN_PATH.with_name("routing_written_r5.jsonl")}
 ROUNDS = (2, *ROUND_PATHS)
 
 
