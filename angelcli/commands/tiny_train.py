@@ -34,7 +34,8 @@ def tiny_train(
     written_rounds: int = typer.Option(3, "--written-rounds", help="With --written: how many rounds of written "
                                        "questions (3 = the shipped model's, with routing_written_r3.jsonl: more "
                                        "symptom descriptions and long messages; 2 --steps 2000 = the previous "
-                                       "model)."),
+                                       "model; 4 and 5 add more descriptions and long messages with the name "
+                                       "mid-message, docs/angel-tiny.md)."),
     question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
                                          "training question by a random question token (robustness to new "
                                          "wordings); 0 = the shipped model's rows."),
