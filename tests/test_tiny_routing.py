@@ -231,11 +231,11 @@ def test_written_samples_anchor_on_the_name_as_written_and_supervise_the_opening
 
     last = ROUNDS[-1]
     rows = load_rounds(last)
-    ws = written_samples(0, rounds=last)
-    assert ws == written_samples(0, rounds=last) and ws != written_samples(1, rounds=last)
-    assert routing_samples(0, written=True, written_rounds=last) == routing_samples(0) + ws
     # each round is appended: the examples of earlier rounds (the models trained on them) do not change
     earlier = [written_samples(0, rounds=r) for r in ROUNDS]
+    ws = written_samples(0, rounds=last)
+    assert ws == earlier[-1] and ws != written_samples(1, rounds=last)
+    assert routing_samples(0, written=True, written_rounds=last) == routing_samples(0) + ws
     assert len(earlier[0]) == 3919 and len(earlier[1]) == 6003  # the shipped model: 11,195 with the templated ones
     assert all(a == b[: len(a)] and len(b) > len(a) + 800 for a, b in zip(earlier, earlier[1:]))
     by_q = {(s["lang"], _question(s)): s for s in ws}

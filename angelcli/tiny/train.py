@@ -65,7 +65,7 @@ class TrainSettings:
     # they add rows to the routing examples' share (22% without them, 33% with two rounds, 37% with three) and
     # take them from the corpus's answers; kind_weights["routing"] (tiny-train --routing-weight) sets the share
     written: bool = True
-    written_rounds: int = 3  # with written: rounds 1-3 (the shipped model); 2 or 4 (routing_written.ROUNDS)
+    written_rounds: int = 3  # with written: rounds 1-3 (the shipped model); others: routing_written.ROUNDS
     # chance of replacing each question token of a training row by a random question token (train_data.batches):
     # new wordings are known wordings with some words the model has not seen there; 0 = the shipped model's rows
     question_noise: float = 0.0
