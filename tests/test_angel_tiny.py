@@ -138,6 +138,43 @@ def test_training_smoke_lowers_the_loss(tmp_path):
     assert (tmp_path / "m" / "model.safetensors.index.json").exists()
 
 
+def test_weight_averaging_writes_the_average_of_the_run(tmp_path):
+    """--ema: after one step the average is init + w * (step-1 weights - init), w = 1 - min(decay, 2/11) (the
+    decay's warm-up); the final weights, written as a variant of the same run, are the step-1 weights."""
+    from safetensors.torch import load_file
+
+    from angelcli.data import load_split
+    from angelcli.tiny.tokenizer import TINY_TOKENIZER_DIR
+    from angelcli.tiny.train import TrainSettings, train_tiny
+
+    def weights(d):
+        return {k: v for f in sorted(d.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, head_dim=32, num_experts=16, n_group=4, topk_group=2,
+                 num_experts_per_tok=2, moe_intermediate_size=16, moe_shared_expert_intermediate_size=16)
+    settings = TrainSettings(steps=1, batch=4, seq_len=64, warmup=1, eval_every=1, lr=1e-2, probe=False,
+                             ema=0.9, routing=False)
+    init = tmp_path / "init"
+    train_tiny(init, TINY_TOKENIZER_DIR, load_split("train")[:50], load_split("eval")[:5],
+               TrainSettings(**{**settings.__dict__, "lr": 0.0, "bias_rate": 0.0, "ema": 0.0}), log=lambda s: None,
+               model_overrides=small)
+    hist = train_tiny(tmp_path / "avg", TINY_TOKENIZER_DIR, load_split("train")[:50], load_split("eval")[:5],
+                      settings, log=lambda s: None, model_overrides=small, variants={tmp_path / "final": 0.0})
+    assert hist["settings"]["ema"] == 0.9 and "final_eval_unaveraged" in hist
+    w0, w1, avg = weights(init), weights(tmp_path / "final"), weights(tmp_path / "avg")
+    share = 1 - min(0.9, 2 / 11)
+    bias = "model.layers.1.mlp.gate.expert_bias"
+    assert w0[bias].abs().max() == 0 and w1[bias].abs().max() > 0  # fp32: exact
+    assert torch.allclose(avg[bias], share * w1[bias])
+    moved = 0
+    for name in w1:
+        expect = w0[name].float() + share * (w1[name].float() - w0[name].float())
+        assert torch.allclose(avg[name].float(), expect, atol=1e-2, rtol=1e-2), name  # bf16 checkpoints
+        moved += not torch.equal(avg[name], w1[name])
+    assert moved > len(w1) // 2
+
+
 def test_tiny_train_command_writes_a_loadable_checkpoint_and_reports(tmp_path, capsys):
     from angelcli.cli import main
     from angelcli.loader import load_model
@@ -149,7 +186,7 @@ def test_tiny_train_command_writes_a_loadable_checkpoint_and_reports(tmp_path, c
 
     code, out = run("tiny-train", "--steps", "0")
     assert code == 2 and "--steps" in out.err
-    for flag, bad in (("--dropout", "1.5"), ("--question-noise", "1.5"), ("--routing-weight", "0")):
+    for flag, bad in (("--dropout", "1.5"), ("--question-noise", "1.5"), ("--routing-weight", "0"), ("--ema", "1")):
         code, out = run("tiny-train", flag, bad)
         assert code == 2 and flag in out.err and "Traceback" not in out.err
     code, out = run("tiny-train", "--out", tmp_path / "t", "--steps", "2", "--routing-weight", "0.3", "--json")

@@ -46,6 +46,9 @@ def tiny_train(
     dropout: float = typer.Option(0.0, "--dropout", help="Dropout on every layer's attention and MLP/MoE output "
                                   "while training (the model code and checkpoint are unchanged); 0 = the shipped "
                                   "model."),
+    ema: float = typer.Option(0.0, "--ema", help="Write an exponential moving average of the weights with this "
+                              "decay per step (0.998: about the last 500 steps) instead of the final weights; "
+                              "0 = the final weights."),
 ) -> None:
     """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~40 min on 2 cores.
 
@@ -79,6 +82,8 @@ def tiny_train(
         raise UsageError("--question-noise must be in [0, 1)")
     if not 0 <= dropout < 1:
         raise UsageError("--dropout must be in [0, 1)")
+    if not 0 <= ema < 1:
+        raise UsageError("--ema must be in [0, 1)")
     from angelcli.tiny.routing_written import ROUND_PATHS, ROUNDS
 
     round_path = ROUND_PATHS.get(written_rounds)  # rounds 1-2 are always there; a later round has its own file
@@ -93,7 +98,7 @@ def tiny_train(
         extra["prompt_loss_weight"] = prompt_loss_weight
     settings = TrainSettings(threads=threads, seed=seed, routing=routing, lay=lay, written=written,
                              written_rounds=written_rounds,
-                             question_noise=question_noise, dropout=dropout, **extra)
+                             question_noise=question_noise, dropout=dropout, ema=ema, **extra)
     if corpus_version is None or corpus_version == BUILDER_VERSION:
         train, held = load_split("train"), load_split("eval")  # the shipped files are exactly generate()'s output
     elif corpus_version in VARIANTS and corpus_version >= 2:  # v1 only seeds the tokenizer's vocabulary

@@ -72,6 +72,9 @@ class TrainSettings:
     # dropout on each layer's attention and MLP/MoE output in training (add_dropout): the model memorises the
     # training split (loss ~0.15 against ~0.49 held out); 0 = the shipped model
     dropout: float = 0.0
+    # weight averaging: the checkpoint holds an exponential moving average of the weights (expert_bias included)
+    # with this decay per step, i.e. over about the last 1/(1 - ema) steps; 0 = the final weights
+    ema: float = 0.0
     probe: bool = True  # answer the demo questions at the end and record how many stay on topic
 
 
@@ -123,9 +126,13 @@ def evaluate(model, stream, seq_len: int = 256, max_rows: int | None = 64, batch
 
 def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: list[dict], eval_samples: list[dict],
                settings: TrainSettings | None = None, log=print,
-               model_overrides: dict | None = None) -> dict:
+               model_overrides: dict | None = None, variants: dict | None = None) -> dict:
     """Train and write the checkpoint to out_dir (sharded safetensors + index, config, tokenizer, generation
-    config, training_log.json). Returns the training log."""
+    config, training_log.json). Returns the training log.
+
+    variants: {directory: ema decay} also writes the same run's weights averaged with another decay (0 = the
+    final weights) to each directory, with the held-out loss in its training_log.json and no topic probe: one
+    run compares averaging choices."""
     import torch
     import torch.nn.functional as F
 
@@ -192,6 +199,8 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
         opener = tok.convert_tokens_to_ids(["<role>", "HUMAN", "</role>"])
         noise = (question_mask(train.ids, opener, special["<|role_end|>"]), settings.question_noise, settings.seed + 2)
     rows = batches(train, settings.batch, settings.seq_len, gen, settings.kind_weights, noise)
+    decays = {d for d in [settings.ema, *(variants or {}).values()] if d > 0}
+    averages = {d: {n: p.detach().clone() for n, p in model.named_parameters()} for d in decays}
     t0 = time.time()
     for step in range(1, settings.steps + 1):
         lr = _lr(step, settings)
@@ -204,6 +213,12 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
         torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
         opt.step()
         imbalance = _update_bias(moe, out.router, cfg.num_experts, settings.bias_rate)
+        with torch.no_grad():
+            for d, avg in averages.items():
+                # the usual warm-up of the decay, so the random initial weights do not linger in the average
+                weight = 1.0 - min(d, (1 + step) / (10 + step))
+                for n, p in model.named_parameters():
+                    avg[n].lerp_(p.detach(), weight)
         history["steps"].append({"step": step, "loss": round(loss.item(), 4), "lr": lr,
                                  "max_over_mean_load": round(imbalance, 3)})
         if step % 20 == 0 or step == 1:
@@ -215,13 +230,28 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
             log(f"  held-out answer loss {ev['loss']:.3f} (perplexity {ev['perplexity']:.1f})")
     history["train_seconds"] = round(time.time() - t0, 1)
     history["final_eval"] = history["evals"][-1]
+    final = {n: p.detach().clone() for n, p in model.named_parameters()}
+    eos_ids = [special["<|endoftext|>"], special["<|role_end|>"]]
+    for vdir, d in (variants or {}).items():
+        _load_weights(model, averages[d] if d > 0 else final)
+        vlog = {**history, "settings": {**history["settings"], "ema": d},
+                "final_eval": evaluate(model, held_out, settings.seq_len)}
+        _write_dir(Path(vdir), model, cfg_dict, tokenizer_dir, eos_ids, vlog)
+        log(f"  variant ema={d}: held-out answer loss {vlog['final_eval']['loss']:.3f} -> {vdir}")
+    if settings.ema > 0:
+        _load_weights(model, averages[settings.ema])
+        history["final_eval_unaveraged"] = history["final_eval"]
+        history["final_eval"] = evaluate(model, held_out, settings.seq_len)
+        log(f"  averaged weights (ema {settings.ema}): held-out answer loss {history['final_eval']['loss']:.3f}")
+    else:
+        _load_weights(model, final)
 
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     sd = _checkpoint_state_dict(model)
-    write_checkpoint(tmp, cfg_dict, sd, shards=2, eos_ids=[special["<|endoftext|>"], special["<|role_end|>"]])
+    write_checkpoint(tmp, cfg_dict, sd, shards=2, eos_ids=eos_ids)
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (Path(tokenizer_dir) / f).exists():
             shutil.copy(Path(tokenizer_dir) / f, tmp / f)
@@ -236,6 +266,30 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return history
+
+
+def _load_weights(model, weights: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(weights[n])
+
+
+def _write_dir(out: Path, model, cfg_dict: dict, tokenizer_dir, eos_ids: list, history: dict) -> None:
+    """The model's checkpoint, tokenizer and training log -> out, written under a temporary name first."""
+    from angelcli.fixtures import write_checkpoint
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_checkpoint(tmp, cfg_dict, _checkpoint_state_dict(model), shards=2, eos_ids=eos_ids)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (Path(tokenizer_dir) / f).exists():
+            shutil.copy(Path(tokenizer_dir) / f, tmp / f)
+    (tmp / "training_log.json").write_text(json.dumps(history, indent=1))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
 
 
 def add_dropout(model, p: float) -> list:
