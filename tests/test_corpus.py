@@ -320,7 +320,7 @@ def test_v4_every_lay_name_leads_to_its_record():
         assert all(own in a.lower() or own in q.lower() for q, a in anchored)
     assert any(q.startswith(tuple(CONTEXT_ZH)) for q, _ in pairs)  # words before the name, as users write
     demo = [json.loads(line)["prompt"] for f in ("prompts.jsonl", "probe_heldout.jsonl", "probe_blind.jsonl",
-                                                         "probe_fresh.jsonl")
+                                                         "probe_fresh.jsonl", "probe_plain.jsonl")
             for line in (MEDICAL_DIR / f).read_text(encoding="utf-8").splitlines()]
     assert not set(demo) & {q for q, _ in pairs}  # the probe stays unseen
     groups = name_groups(kb_for(4), "en")

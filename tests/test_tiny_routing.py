@@ -48,15 +48,15 @@ def test_routing_samples_are_deterministic_and_cover_every_record(samples):
 
 
 def test_no_routing_question_is_a_probe_question(samples):
-    from angelcli.tiny.probe import extended_probes, load_fresh_probes
+    from angelcli.tiny.probe import extended_probes, load_fresh_probes, load_plain_probes
     from angelcli.tiny.routing_written import ROUNDS, written_samples
 
     def norm(text: str) -> str:
         return re.sub(r"[\W_]+", " ", text).strip().casefold()
 
     asked = {norm(_question(s)) for s in samples + written_samples(0, rounds=ROUNDS[-1])}
-    probes = [norm(p["prompt"]) for p in extended_probes() + load_fresh_probes()]
-    assert len(probes) == 100
+    probes = [norm(p["prompt"]) for p in extended_probes() + load_fresh_probes() + load_plain_probes()]
+    assert len(probes) == 140
     assert not [p for p in probes if any(p in q for q in asked)]
 
 

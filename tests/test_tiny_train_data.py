@@ -195,14 +195,16 @@ def test_sorted_moe_dispatch_matches_the_reference_loop_with_gradients():
 
 def test_extended_probe_has_heldout_phrasings_apart_from_the_corpus():
     from angelcli.data import load_split
-    from angelcli.tiny.probe import extended_probes, load_blind_probes, load_fresh_probes, load_heldout_probes
+    from angelcli.tiny.probe import (extended_probes, load_blind_probes, load_fresh_probes, load_heldout_probes,
+                                     load_plain_probes)
 
-    held, blind, fresh = load_heldout_probes(), load_blind_probes(), load_fresh_probes()
+    held, blind, fresh, plain = load_heldout_probes(), load_blind_probes(), load_fresh_probes(), load_plain_probes()
     for rows in (held, blind, fresh):
         assert len(rows) == 20 and sum(p["lang"] == "en" for p in rows) == 14 and all(p["topic"] for p in rows)
+    assert len(plain) == 40 and sum(p["lang"] == "en" for p in plain) == 28 and all(p["topic"] for p in plain)
     rows = extended_probes()
     assert [r["set"] for r in rows] == ["demo"] * 40 + ["heldout"] * 20 + ["blind"] * 20
-    questions = {p["prompt"] for p in held + blind + fresh}
+    questions = {p["prompt"] for p in held + blind + fresh + plain}
     for split in ("train", "calib", "eval"):
         asked = {m["content"] for s in load_split(split) for m in s["messages"] if m["role"] == "user"}
         assert not questions & asked  # written apart from the corpus templates: never a training question
