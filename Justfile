@@ -19,7 +19,7 @@ bench *ARGS:
     .venv/bin/angel bench --batches 1 --contexts 16,1024 --formats bf16 {{ARGS}}
     .venv/bin/angel bench --vs-reference --threads 1
 
-# Train angel-tiny again from the bundled corpus, its routing examples and the written questions (about 40 minutes on 2 cores)
+# Train angel-tiny again from the bundled corpus, its routing examples and the written questions (about 50 minutes on 2 cores)
 tiny *ARGS:
     .venv/bin/angel tiny-train {{ARGS}}
 

@@ -22,7 +22,7 @@ def tiny_train(
                                                  "questions; docs/angel-tiny.md, Corpus)."),
     routing: bool = typer.Option(True, "--routing/--no-routing", help="Add the routing examples: many more "
                                  "wordings per question, supervised on the opening of the answer that names the "
-                                 "record (docs/angel-tiny.md, Training). --no-routing --steps 1400 = the v5 model."),
+                                 "record (docs/angel-tiny.md, Training). --no-routing --steps 1400 --ema 0 = the v5 model."),
     lay: bool = typer.Option(False, "--lay/--no-lay", help="With --routing: add symptom descriptions in everyday "
                              "words (\"it stings when I pee\"), some ending with the patient's guess, and named "
                              "questions in context (ages, doses, a second question); not yet in the shipped "
@@ -30,27 +30,27 @@ def tiny_train(
     written: bool = typer.Option(True, "--written/--no-written", help="With --routing: add the freely written "
                                  "questions (brand names, misspellings, long messages; angelcli/data/medical/"
                                  "routing_written*.jsonl), as the shipped angel-tiny does. --no-written --steps "
-                                 "1600 = the model before the previous one."),
-    written_rounds: int = typer.Option(3, "--written-rounds", help="With --written: how many rounds of written "
-                                       "questions (3 = the shipped model's, with routing_written_r3.jsonl: more "
-                                       "symptom descriptions and long messages; 2 --steps 2000 = the previous "
-                                       "model; 4 and 5 add more descriptions and long messages with the name "
-                                       "mid-message, docs/angel-tiny.md)."),
+                                 "1600 --ema 0 = an earlier model (docs/angel-tiny.md)."),
+    written_rounds: int = typer.Option(5, "--written-rounds", help="With --written: how many rounds of written "
+                                       "questions (5 = the shipped model's: rounds 4 and 5 add more descriptions "
+                                       "and long messages with the name mid-message; 3 --steps 2200 --ema 0 = the "
+                                       "previous model; 2 --steps 2000 --ema 0 the one before; "
+                                       "docs/angel-tiny.md)."),
     question_noise: float = typer.Option(0.0, "--question-noise", help="Chance of replacing each word-piece of a "
                                          "training question by a random question token (robustness to new "
                                          "wordings); 0 = the shipped model's rows."),
     routing_weight: Optional[float] = typer.Option(None, "--routing-weight", help="With --routing: chance of a "
                                                   "training row starting at a routing example, relative to a "
-                                                  "conversation's 1.0 (default 0.45: 37% of rows for the shipped "
+                                                  "conversation's 1.0 (default 0.45: 40% of rows for the shipped "
                                                   "recipe, 22% with --no-written); the rest train corpus answers."),
     dropout: float = typer.Option(0.0, "--dropout", help="Dropout on every layer's attention and MLP/MoE output "
                                   "while training (the model code and checkpoint are unchanged); 0 = the shipped "
                                   "model."),
-    ema: float = typer.Option(0.0, "--ema", help="Write an exponential moving average of the weights with this "
-                              "decay per step (0.998: about the last 500 steps) instead of the final weights; "
-                              "0 = the final weights."),
+    ema: float = typer.Option(0.998, "--ema", help="Write an exponential moving average of the weights with this "
+                              "decay per step (0.998, the shipped model's: about the last 500 steps) instead of "
+                              "the final weights; 0 = the final weights."),
 ) -> None:
-    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~40 min on 2 cores.
+    """Train angel-tiny (BailingMoeV2, 64 experts top-2 in 8 groups) on the medical corpus; ~50 min on 2 cores.
 
     Ends with the topic probe: the 40 built-in demo questions and 20 held-out phrasings answered greedily,
     counted on topic or not. A retrained model needs a retrained EAGLE3 draft (`just draft-tiny`): the draft
@@ -59,9 +59,9 @@ def tiny_train(
     Examples:
       angel tiny-train --out /tmp/angel-tiny
       angel tiny-train --out /tmp/angel-tiny-lay --lay   (with everyday-word descriptions too)
-      angel tiny-train --out /tmp/angel-tiny-prev --written-rounds 2 --steps 2000   (the previous model)
-      angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400   (the v5 model)
-      angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100 --no-routing   (the v2 model)
+      angel tiny-train --out /tmp/angel-tiny-prev --written-rounds 3 --steps 2200 --ema 0   (the previous model)
+      angel tiny-train --out /tmp/angel-tiny-v5 --no-routing --steps 1400 --ema 0   (the v5 model)
+      angel tiny-train --out /tmp/angel-tiny-v2 --corpus-version 2 --steps 1100 --no-routing --ema 0   (the v2 model)
     """
     from angelcli.console import emit_json, log
     from angelcli.data import load_split
