@@ -7,9 +7,9 @@ import torch
 
 from angelcli.resolve import TINY_DIR, resolve_model
 
-HELDOUT_BOUND = 0.7  # nats per answer token (the shipped model: about 0.49; the v5 model 0.52, v2 0.76)
-# Regression guards a few questions below the shipped figures (docs/angel-tiny.md: demo 35/40, held-out 17/20, blind
-# 13/20; the previous model 36, 16, 11): runs differ by about 2 per set between seeds
+HELDOUT_BOUND = 0.7  # nats per answer token (the shipped model: about 0.43; the previous 0.49, v5 0.52, v2 0.76)
+# Regression guards a few questions below the shipped figures (docs/angel-tiny.md: demo 34/40, held-out 17/20, blind
+# 14/20; the previous model 35, 17, 13): runs differ by about 2 per set between seeds
 PROBE_BOUND = 0.75  # share of the 40 demo questions answered on topic
 HELDOUT_PROBE_BOUND = 0.7  # share of the 20 held-out phrasings answered on topic
 BLIND_PROBE_BOUND = 0.5  # share of the 20 blind-set questions answered on topic
@@ -57,7 +57,7 @@ def test_heldout_loss_far_below_untrained(tiny):
     model, cfg, _, tok = tiny
     ev = evaluate(model, conversation_stream(tok, load_split("eval")), seq_len=256, max_rows=8)
     # answer tokens of held-out conversations: an untrained model scores about ln(vocab) = 9.0 nats, the shipped
-    # one about 0.49 (docs/angel-tiny.md)
+    # one about 0.43 (docs/angel-tiny.md)
     assert ev["loss"] < HELDOUT_BOUND, ev
     log = json.loads((TINY_DIR / "training_log.json").read_text())
     assert log["untrained_eval"]["loss"] > 8.0 and log["final_eval"]["loss"] < HELDOUT_BOUND
@@ -221,7 +221,7 @@ def test_shipped_draft_belongs_to_the_shipped_model_and_speculation_is_exact(tin
         got = [s.token_id for s in spec.generate(ids, params)]
         assert got == want, q
         passes, tokens = passes + spec.last_stats.verify_passes, tokens + spec.last_stats.round_tokens
-    assert passes and tokens / passes > 2.0  # tokens per target pass (tau 3.08 on 32 prompts, docs/eagle3.md)
+    assert passes and tokens / passes > 2.0  # tokens per target pass (tau 3.17 on 32 prompts, docs/eagle3.md)
 
 
 def test_inline_repeats_finds_items_of_a_run_on_list_said_twice():
@@ -229,7 +229,7 @@ def test_inline_repeats_finds_items_of_a_run_on_list_said_twice():
 
     readme = ("Type 2 diabetes: the main symptoms are: tiredness, feeling very thirsty, passing urine more often, "
               "especially at night and tiredness.\n\nSee a doctor promptly if you feel very unwell.")
-    assert inline_repeats(readme) == ["tiredness"]  # the shipped model's README answer (docs/angel-tiny.md)
+    assert inline_repeats(readme) == ["tiredness"]  # an earlier model's README answer (docs/angel-tiny.md)
     assert inline_repeats("known interactions include: some blood thinners; some blood thinners; some X.") == [
         "somebloodthinners"]
     assert inline_repeats("常见症状有：口渴、喝水多、尿多和口渴。") == ["口渴"]
