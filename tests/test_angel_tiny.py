@@ -141,6 +141,8 @@ def test_training_smoke_lowers_the_loss(tmp_path):
 def test_weight_averaging_writes_the_average_of_the_run(tmp_path):
     """--ema: after one step the average is init + w * (step-1 weights - init), w = 1 - min(decay, 2/11) (the
     decay's warm-up); the final weights, written as a variant of the same run, are the step-1 weights."""
+    from dataclasses import replace
+
     from safetensors.torch import load_file
 
     from angelcli.data import load_split
@@ -157,7 +159,7 @@ def test_weight_averaging_writes_the_average_of_the_run(tmp_path):
                              ema=0.9, routing=False)
     init = tmp_path / "init"
     train_tiny(init, TINY_TOKENIZER_DIR, load_split("train")[:50], load_split("eval")[:5],
-               TrainSettings(**{**settings.__dict__, "lr": 0.0, "bias_rate": 0.0, "ema": 0.0}), log=lambda s: None,
+               replace(settings, lr=0.0, bias_rate=0.0, ema=0.0), log=lambda s: None,
                model_overrides=small)
     hist = train_tiny(tmp_path / "avg", TINY_TOKENIZER_DIR, load_split("train")[:50], load_split("eval")[:5],
                       settings, log=lambda s: None, model_overrides=small, variants={tmp_path / "final": 0.0})

@@ -22,7 +22,8 @@ def tiny_train(
                                                  "questions; docs/angel-tiny.md, Corpus)."),
     routing: bool = typer.Option(True, "--routing/--no-routing", help="Add the routing examples: many more "
                                  "wordings per question, supervised on the opening of the answer that names the "
-                                 "record (docs/angel-tiny.md, Training). --no-routing --steps 1400 --ema 0 = the v5 model."),
+                                 "record (docs/angel-tiny.md, Training). --no-routing --steps 1400 --ema 0 = the "
+                                 "v5 model."),
     lay: bool = typer.Option(False, "--lay/--no-lay", help="With --routing: add symptom descriptions in everyday "
                              "words (\"it stings when I pee\"), some ending with the patient's guess, and named "
                              "questions in context (ages, doses, a second question); not yet in the shipped "

@@ -39,7 +39,8 @@ FRESH_FILE = MEDICAL_DIR / "probe_fresh.jsonl"
 # Plain questions in the shape of issue 17's hidden set (28 English, 12 Chinese: two sets of 14 + 6), short to
 # medium, each about one condition, symptom, medicine or emergency the corpus covers and named in it (a lay name
 # or brand at times): what a new user asks first. Written by a helper from the record names only; two questions
-# that matched a training question and one inside a routing question were reworded. Out of the default probe, like the fresh set (`--set plain`).
+# that matched a training question and one inside a routing question were reworded. Out of the default probe,
+# like the fresh set (`--set plain`).
 PLAIN_FILE = MEDICAL_DIR / "probe_plain.jsonl"
 
 

@@ -138,7 +138,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
     import torch.nn.functional as F
 
     from angelcli.config import ModelConfig
-    from angelcli.fixtures import tiny_config, write_checkpoint
+    from angelcli.fixtures import tiny_config
     from angelcli.model import BailingMoeForCausalLM
     from angelcli.model.layers import Attention
     from angelcli.model.moe import SparseMoe
@@ -237,7 +237,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
         _load_weights(model, averages[d] if d > 0 else final)
         vlog = {**history, "settings": {**history["settings"], "ema": d},
                 "final_eval": evaluate(model, held_out, settings.seq_len)}
-        _write_dir(Path(vdir), model, cfg_dict, tokenizer_dir, eos_ids, vlog)
+        _finish(_stage(Path(vdir), model, cfg_dict, tokenizer_dir, eos_ids), Path(vdir), vlog)
         log(f"  variant ema={d}: held-out answer loss {vlog['final_eval']['loss']:.3f} -> {vdir}")
     if settings.ema > 0:
         _load_weights(model, averages[settings.ema])
@@ -248,14 +248,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
         _load_weights(model, final)
 
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    sd = _checkpoint_state_dict(model)
-    write_checkpoint(tmp, cfg_dict, sd, shards=2, eos_ids=eos_ids)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (Path(tokenizer_dir) / f).exists():
-            shutil.copy(Path(tokenizer_dir) / f, tmp / f)
+    tmp = _stage(out, model, cfg_dict, tokenizer_dir, eos_ids)
     if settings.probe:  # on the checkpoint as written (bf16), loaded the way every command loads it
         from angelcli.loader import load_model
 
@@ -263,9 +256,7 @@ def train_tiny(out_dir: str | Path, tokenizer_dir: str | Path, train_samples: li
         history["topic_probe"] = topic_probe(shipped, shipped_cfg, tok)
         log(f"  topic probe: {history['topic_probe']['on_topic']}/{history['topic_probe']['total']} "
             "demo questions answered on topic")
-    (tmp / "training_log.json").write_text(json.dumps(history, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _finish(tmp, out, history)
     return history
 
 
@@ -277,8 +268,8 @@ def _load_weights(model, weights: dict) -> None:
             p.copy_(weights[n])
 
 
-def _write_dir(out: Path, model, cfg_dict: dict, tokenizer_dir, eos_ids: list, history: dict) -> None:
-    """The model's checkpoint, tokenizer and training log -> out, written under a temporary name first."""
+def _stage(out: Path, model, cfg_dict: dict, tokenizer_dir, eos_ids: list) -> Path:
+    """The model's checkpoint and the tokenizer files -> out's temporary twin (out.partial), which is returned."""
     from angelcli.fixtures import write_checkpoint
 
     tmp = out.with_name(out.name + ".partial")
@@ -288,6 +279,11 @@ def _write_dir(out: Path, model, cfg_dict: dict, tokenizer_dir, eos_ids: list, h
     for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if (Path(tokenizer_dir) / f).exists():
             shutil.copy(Path(tokenizer_dir) / f, tmp / f)
+    return tmp
+
+
+def _finish(tmp: Path, out: Path, history: dict) -> None:
+    """Add the training log to a staged checkpoint and put it in place of out."""
     (tmp / "training_log.json").write_text(json.dumps(history, indent=1))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
